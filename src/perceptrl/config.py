@@ -96,6 +96,10 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 0  # 0 = only before and after training
     save_final: bool = True
+    save_steps: int = 0  # write a checkpoint every N optimizer steps (0 = never)
+    save_total_limit: int = 2  # keep only the newest N checkpoints
+    resume: str = "auto"  # auto (newest complete checkpoint in output_dir, if any) | none | a checkpoint path
+    max_bad_steps: int = 3  # stop after this many consecutive steps with a non-finite loss, reward or gradient
     progress: bool = True
     deterministic: bool = False
     num_threads: int = 0  # 0 = leave torch's default
@@ -251,6 +255,9 @@ def validate(config: Config) -> None:
         (t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1"),
         (t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
         (t.max_grad_norm > 0, "train.max_grad_norm must be > 0"),
+        (t.save_steps >= 0, "train.save_steps must be >= 0"),
+        (t.save_total_limit >= 1, "train.save_total_limit must be >= 1"),
+        (t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
         (r.n >= 1, "rollout.n must be >= 1"),
         (r.temperature > 0, "rollout.temperature must be > 0"),
         (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),

@@ -20,11 +20,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def load_model_and_processor(path: str, dtype: str = "float32", trust_remote_code: bool = False, tiny_seed: int = 0):
-    """``path == "tiny"`` builds the offline test model; otherwise load an HF folder."""
-    if path == "tiny":
-        from perceptrl.models.tiny import build_tiny
+    """``tiny`` (or ``tiny:<family>``) builds an offline test model; otherwise load an HF folder."""
+    if path == "tiny" or path.startswith("tiny:"):
+        from perceptrl.models.families import build_tiny_family
 
-        model, processor = build_tiny(seed=tiny_seed)
+        model, processor = build_tiny_family(path.partition(":")[2] or "qwen2_5_vl", seed=tiny_seed)
         return model.to(DTYPES[dtype]), processor
     from transformers import AutoModelForImageTextToText
 
@@ -61,10 +61,11 @@ def save_pretrained(model, processor, path: str | Path) -> Path:
     processor.save_pretrained(path)
     # Our image-only processor subclass exists only without torchvision: name the stock class
     # so that AutoProcessor works wherever torchvision is installed.
-    config_file = path / "processor_config.json"
-    if config_file.exists():
-        raw = json.loads(config_file.read_text())
-        if raw.get("processor_class") == "ImageOnlyQwenVLProcessor":
-            raw["processor_class"] = "Qwen2_5_VLProcessor"
-            config_file.write_text(json.dumps(raw, indent=2))
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        config_file = path / name
+        if config_file.exists():
+            raw = json.loads(config_file.read_text())
+            if raw.get("processor_class") == "ImageOnlyQwenVLProcessor":
+                raw["processor_class"] = "Qwen2_5_VLProcessor"
+                config_file.write_text(json.dumps(raw, indent=2))
     return path

@@ -174,7 +174,6 @@ class Policy:
         return encoded.to(self.device)
 
     # -------------------------------------------------------------- generation
-    @torch.inference_mode()
     def generate(
         self,
         prompts: EncodedPrompts,
@@ -201,13 +200,15 @@ class Policy:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        out = self.model.generate(**batch, **kwargs)
-        ids = out.sequences[:, prompts.prompt_length :]
+        with torch.inference_mode():
+            out = self.model.generate(**batch, **kwargs)
+        # Clone out of inference mode: these ids are fed to forwards that need gradients.
+        ids = out.sequences[:, prompts.prompt_length :].clone()
         mask, truncated = completion_mask(ids, self.eos_token_id)
         ids = ids.masked_fill(mask == 0, self.pad_token_id)
         logprobs = None
         if return_logprobs:
-            logits = torch.stack(out.logits, dim=1).float() / (temperature if do_sample else 1.0)
+            logits = torch.stack(out.logits, dim=1).clone().float() / (temperature if do_sample else 1.0)
             logprobs = logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
         return Completions(ids=ids.clone(), mask=mask, rows=rows, truncated=truncated, logprobs=logprobs)
 
@@ -221,6 +222,7 @@ class Policy:
         temperature: float = 1.0,
         with_entropy: bool = False,
         with_logits: bool = False,
+        entropy_grad: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Per-token log-probs ``[R, T]`` of completions given their prompts.
 
@@ -245,8 +247,9 @@ class Policy:
             log_probs = chunk.log_softmax(-1)
             ids = completion_ids[start : start + self.score_chunk_rows].unsqueeze(-1)
             parts["logprobs"].append(log_probs.gather(-1, ids).squeeze(-1))
-            if with_entropy:
-                parts["entropy"].append(-(log_probs.exp() * log_probs).sum(-1))
+            if with_entropy:  # logged by default; a loss term that needs its gradient asks for it
+                with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                    parts["entropy"].append(-(log_probs.exp() * log_probs).sum(-1))
         result = {k: torch.cat(v) for k, v in parts.items() if v}
         if with_logits:
             result["logits"] = logits
