@@ -10,6 +10,9 @@ import torch
 
 from perceptrl.models.policy import Policy
 
+# The tiny model warm-started on the built-in suite, shipped with the package (``make warmstart``).
+WARMSTART_DIR = Path(__file__).resolve().parent.parent / "assets" / "warmstart"
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -29,6 +32,11 @@ def load_model_and_processor(path: str, dtype: str = "float32", trust_remote_cod
     from transformers import AutoModelForImageTextToText
 
     from perceptrl.models.processors import load_processor
+
+    if path == "warmstart":
+        path = str(WARMSTART_DIR)
+        if not (WARMSTART_DIR / "config.json").exists():
+            raise FileNotFoundError(f"model.path: the shipped warm start is missing at {WARMSTART_DIR} (make warmstart)")
 
     if not Path(path).exists():
         raise FileNotFoundError(f"model.path: '{path}' does not exist (perceptrl loads local folders only)")
