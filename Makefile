@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup warmstart clean
+.PHONY: demo test setup warmstart results clean
 
 WARMSTART := src/perceptrl/assets/warmstart
 
@@ -28,6 +28,18 @@ warmstart: $(VENV)/.installed
 	rm -rf $(WARMSTART) && mkdir -p $(WARMSTART)
 	cp runs/warmstart/final/* $(WARMSTART)/
 	cp runs/warmstart/summary.json $(WARMSTART)/sft_summary.json
+
+# The miniature reproduction of docs/RESULTS.md: learning-rate tuning (2 LRs x 1 seed x 20 steps per
+# method), then 5 methods x 3 seeds x 60 steps from the shipped warm start. Resumable: run it again
+# after an interruption. Run folders go to runs/results, the report to docs/results.
+RESULTS_ARGS := --recipes grpo papo_g noisy_rollout noisy_grpo dupl --seeds 0 1 2 --jobs 2 --threads 1 \
+	--tune-lr 1e-4 3e-4 --tune-steps 20 --output-dir docs/results --runs-dir runs/results \
+	--title "perceptrl: miniature reproduction (5 methods x 3 seeds)" \
+	--set noisy_rollout:noisy_rollout.s_mid=24 \
+	model.path=warmstart "data.families=[count,arith,compare,spatial,pope,text]" data.image_size=112 \
+	data.val_per_family=64 train.max_steps=60 train.prompts_per_step=8 rollout.n=8 rollout.max_new_tokens=32
+results: $(VENV)/.installed
+	$(VENV)/bin/perceptrl compare $(RESULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -29,10 +29,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. train.prompts_per_step=16")
     args = parser.parse_args()
     gains = []
     for seed in args.seeds:
-        extra = [f"train.seed={seed}"]
+        extra = [f"train.seed={seed}", *args.overrides]
         if args.lr is not None:
             extra.append(f"train.lr={args.lr}")
         if args.steps is not None:

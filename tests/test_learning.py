@@ -15,8 +15,8 @@ MARGIN = 0.10
 
 SETTINGS = [
     "model.path=warmstart", "data.families=[count]", "data.val_per_family=64",
-    "train.max_steps=30", "train.prompts_per_step=8", "rollout.n=8", "rollout.max_new_tokens=24",
-    "train.lr=2e-4", "train.progress=false", "train.save_final=false",
+    "train.max_steps=30", "train.prompts_per_step=8", "rollout.n=8", "rollout.max_new_tokens=32",
+    "train.lr=5e-5", "train.progress=false", "train.save_final=false",
 ]
 
 

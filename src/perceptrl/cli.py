@@ -1,4 +1,4 @@
-"""Command line: ``perceptrl sft | train | demo``.
+"""Command line: ``perceptrl sft | train | eval | compare | bench | demo``.
 
 Every training command takes an optional YAML config and dotted overrides::
 
@@ -8,8 +8,11 @@ Every training command takes an optional YAML config and dotted overrides::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from perceptrl.config import ConfigError, load_config
@@ -43,7 +46,8 @@ def cmd_train(args) -> int:
 
     config = load_config(*_split_config(args))
     result = train(config)
-    print_before_after(config.recipe, result.before, result.after, result.output_dir)
+    if result.is_main:  # one report from a multi-process run
+        print_before_after(config.recipe, result.before, result.after, result.output_dir)
     return 0
 
 
@@ -63,6 +67,13 @@ def print_before_after(name: str, before: dict, after: dict, output_dir) -> None
     (Path(output_dir) / "summary.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
 
 
+# Modules that add their own subcommands: each has ``register(subparsers)``.
+COMMAND_MODULES = (
+    "perceptrl.eval.commands",  # eval, compare
+    "perceptrl.bench.commands",  # bench
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perceptrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,23 +83,74 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="RL training with a recipe")
     _config_args(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("demo", help="warm start then GRPO on the built-in task; prints accuracy before and after")
+    p = sub.add_parser("demo", help="GRPO, PAPO, NoisyRollout, NoisyGRPO and DUPL from the shipped warm start; prints the comparison")
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     p.set_defaults(func=cmd_demo)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
+# Errors about the user's input (config, data, files, checkpoints) and a stopped run: printed as one
+# line ``perceptrl: <kind>: <message>`` with exit code 2 (3 for diverged training), no traceback.
+# Anything else is a bug and keeps its traceback. Types are looked up in modules already imported,
+# so that the CLI does not import the data or training stack just to catch their errors.
+USER_ERRORS = (
+    ("perceptrl.config", "ConfigError", "config error", 2),
+    ("perceptrl.data.files", "DataError", "data error", 2),
+    ("perceptrl.data.images", "ImageError", "data error", 2),
+    ("perceptrl.train.checkpoint", "CheckpointError", "checkpoint error", 2),
+    ("perceptrl.train.rl", "TrainingDiverged", "training stopped", 3),
+)
+
+
+def user_error(err: BaseException) -> tuple[str, int] | None:
+    """``(kind, exit code)`` if ``err`` is about the user's input rather than a bug, else None."""
+    for module, name, kind, code in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(err, cls):
+            return kind, code
+    if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return "", 2
+    return None
+
+
+def print_error(err: BaseException, kind: str = "") -> None:
+    """One line on stderr: ``perceptrl: [kind: ]message`` (a multi-line message is joined with ' | ')."""
+    message = " | ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    print(f"perceptrl: {kind + ': ' if kind else ''}{message}", file=sys.stderr, flush=True)
+
+
+def contain_caches() -> None:
+    """Keep library caches out of the home folder: nothing is written outside ``train.output_dir``
+    and the system temporary folder. ``datasets`` converts parquet files into an Arrow cache
+    (``~/.cache/huggingface/datasets`` by default) and matplotlib writes its font cache to
+    ``~/.config/matplotlib``; unless the user chose a location (``HF_DATASETS_CACHE`` / ``HF_HOME``,
+    ``MPLCONFIGDIR``), they go to ``<tmp>/perceptrl-<uid>/``. Must run before those libraries load."""
+    root = Path(tempfile.gettempdir()) / f"perceptrl-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    if not os.environ.get("HF_DATASETS_CACHE") and not os.environ.get("HF_HOME"):
+        os.environ["HF_DATASETS_CACHE"] = str(root / "hf-datasets")
+    if not os.environ.get("MPLCONFIGDIR"):
+        os.environ["MPLCONFIGDIR"] = str(root / "matplotlib")
+
+
 def main(argv: list[str] | None = None) -> int:
+    contain_caches()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"perceptrl: config error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"perceptrl: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print_error(KeyboardInterrupt("interrupted (a run with train.save_steps resumes from its last "
+                                      "checkpoint when started again)"))
+        return 130
+    except Exception as err:  # noqa: BLE001 - user errors get one line; bugs keep their traceback
+        found = user_error(err)
+        if found is None:
+            raise
+        kind, code = found
+        print_error(err, kind)
+        return code
 
 
 if __name__ == "__main__":

@@ -23,12 +23,27 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters through peft (``perceptrl.models.lora``); the reference policy is the base model."""
+
+    enabled: bool = False
+    r: int = 16  # rank of the adapter matrices
+    alpha: float = 32.0  # scaling alpha / r
+    dropout: float = 0.0  # dropout on the adapter input (0 keeps rollout and update log-probs equal)
+    target_modules: list[str] = field(  # last names of the Linear layers that get adapters
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    include_vision: bool = False  # also adapt matching layers of the vision tower and projector
+
+
+@dataclass
 class ModelConfig:
     path: str = "tiny"  # HF folder, or "tiny" to build the offline test model
-    dtype: str = "float32"  # float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (bfloat16 on GPUs: half the memory of weights)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (several processes: each its own device)
     trust_remote_code: bool = False  # never on unless the user says so
     tiny_seed: int = 0  # initial weights when path == "tiny"
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass
@@ -41,7 +56,7 @@ class DataConfig:
     template: str = "boxed"  # prompt template name (perceptrl.rewards.templates)
     families: list[str] = field(default_factory=lambda: ["count"])  # synthetic families
     difficulty: int = 1
-    image_size: int = 56
+    image_size: int = 112
     val_per_family: int = 64  # held-out prompts per family for evaluation during training
     system_prompt: str | None = None
     answer_type_key: str = "answer_type"  # optional column with each row's answer type (default "math")
@@ -58,6 +73,9 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 32
+    plan: str = "clean"  # rollout plan: clean | noisy_rollout | noise_ladder | dupl (ALGORITHMS.md section 8)
+    batch_invariant: bool = True  # each completion draws its own sampling noise (same samples on any process count)
+    engine: str = "hf"  # hf (transformers generation) | vllm (GPU only: pip install perceptrl[vllm])
 
 
 @dataclass
@@ -68,7 +86,7 @@ class RewardConfig:
 
 @dataclass
 class AlgorithmConfig:
-    adv_estimator: str = "grpo"  # registry name in perceptrl.algorithms
+    adv_estimator: str = "grpo"  # grpo | drgrpo (= grpo with adv_scale none) | noisy_grpo | dupl
     adv_scale: str = "group"  # group | batch | none (Dr.GRPO)
     adv_eps: float = 1e-6
     loss_agg_mode: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
@@ -77,7 +95,73 @@ class AlgorithmConfig:
     dual_clip_c: float | None = 3.0
     kl_beta: float = 0.0  # 0 loads no reference model
     kl_type: str = "k3"  # k1 | k2 | k3
+    kl_bias_correction: bool = False  # multiply k3 by the importance ratio (TRL's use_bias_correction_kl)
     entropy_coef: float = 0.0  # bonus: subtract coef * mean full-vocabulary entropy
+
+
+@dataclass
+class PapoConfig:
+    """PAPO (arXiv 2507.06448): perception KL to a masked view, maximised, plus double entropy."""
+
+    gamma: float = 0.0  # weight of -token_mean(KLprcp); 0 = off. PAPO-G 0.02, PAPO-D 0.01; > 0.02 risks collapse
+    eta1: float = 0.0  # double entropy: weight of token_mean(-lp) on the original image (PAPO-D 0.03, PAPO-G-7B 0.05)
+    eta2: float = 0.0  # double entropy: weight of token_mean(-lp_mask) on the masked image
+    mask_patch: int = 14  # masked view: side of the squares, in raw-image pixels
+    mask_prob: float = 0.6  # masked view: probability that a square is blackened
+    recompute_masked: bool = False  # re-score the masked view with gradient in the update (one more forward+backward)
+    kl_clamp_max: float | None = None  # clamp KLprcp to [0, x] (their off-by-default option uses 0.2)
+
+
+@dataclass
+class NoisyRolloutConfig:
+    """NoisyRollout (arXiv 2504.13055): n1 clean + n2 noisy rollouts per prompt, one group."""
+
+    n1: int = 6  # rollouts from the clean image; n1 + n2 must equal rollout.n
+    n2: int = 6  # rollouts from the annealed DDPM view (scored and updated on the clean image)
+    t_max: int = 500  # DDPM step at full strength: t = int(t_max * eta(s)) (their gaussian_noise_step)
+    schedule: str = "sigmoid"  # eta(s): sigmoid (paper) | constant (fixed noise, unstable in their runs) | linear
+    lam: float = 30.0  # sigmoid steepness (their decay_coef)
+    s_mid: float = 40.0  # sigmoid midpoint, an absolute optimizer step (their decay_sig_mid_step)
+
+
+@dataclass
+class NoisyGrpoConfig:
+    """NoisyGRPO (arXiv 2510.21122): a ladder of DDPM noise levels and a Kalman-fused advantage."""
+
+    levels: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.6, 0.9])  # rollout.n must be a multiple of len
+    p_alpha: float = 0.01  # prior variance in P = p_alpha / (var_g(r) + p_alpha)
+    R: float = 0.1  # measurement noise in K = P / (P + R)
+    clean_first_level: bool = True  # level 0 is the clean image (spec); false = ddpm(t=0) as their code
+
+
+@dataclass
+class DuplConfig:
+    """DUPL (arXiv 2510.01444), first released as VOGUE: uncertainty-shaped advantages, two branches."""
+
+    variant: str = "paper"  # paper (G from x and G from T(x), full-vocabulary u) | released (ruiiu/DUPL code)
+    sigma: float = 0.4  # Gaussian noise std of T(x): paper 0.4, released scripts 0.2
+    alpha_p: float = 1.0  # perceptual bonus g_per = min(|A| / beta_p, alpha_p * u_per)
+    beta_p: float = 2.0
+    alpha_o: float = 0.4  # output bonus g_out = min(|A| / beta_o, alpha_o * u_out)
+    beta_o: float = 2.0
+    branch_schedule: str = "linear"  # p_noi(s): linear (max(0, 1 - s/S), the paper) | constant (ablation)
+    branch_prob: float = 0.5  # p_noi for branch_schedule: constant
+    use_u_per: bool = True  # ablation switch for the perceptual bonus
+    use_u_out: bool = True  # ablation switch for the output bonus
+
+
+@dataclass
+class FiltersConfig:
+    """DAPO (arXiv 2503.14476) dynamic sampling and overlong handling."""
+
+    dynamic_sampling: bool = False  # drop prompts whose groups are all right or all wrong; generate more
+    accuracy_low: float = 0.01  # keep a group when accuracy_low < mean accuracy < accuracy_high (PAPO code)
+    accuracy_high: float = 0.99
+    max_tries: int = 20  # at most this many generation rounds per step, then train on what there is
+    round_prompts: int = 0  # prompts generated per round (0 = train.prompts_per_step)
+    overlong_mask: bool = False  # take truncated completions out of the loss
+    overlong_penalty: bool = False  # add DAPO's soft length punishment to the reward
+    overlong_cache: int | None = None  # L_cache of the punishment, in tokens (None = 20% of rollout.max_new_tokens)
 
 
 @dataclass
@@ -113,7 +197,12 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    recipe: str = "grpo"  # informational name of the recipe
+    papo: PapoConfig = field(default_factory=PapoConfig)
+    noisy_rollout: NoisyRolloutConfig = field(default_factory=NoisyRolloutConfig)
+    noisy_grpo: NoisyGrpoConfig = field(default_factory=NoisyGrpoConfig)
+    dupl: DuplConfig = field(default_factory=DuplConfig)
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    recipe: str = "grpo"  # name of the recipe (informational; "vogue" is an alias of "dupl")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -273,12 +362,108 @@ def validate(config: Config) -> None:
         ),
         (a.dual_clip_c is None or a.dual_clip_c > 1, "algorithm.dual_clip_c must be > 1 or null"),
         (config.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype must be float32, bfloat16 or float16"),
+        (r.engine in ("hf", "vllm"), f"rollout.engine must be hf or vllm, got {r.engine!r}"),
+        (config.model.lora.r >= 1, "model.lora.r must be >= 1"),
+        (config.model.lora.alpha > 0, "model.lora.alpha must be > 0"),
+        (0 <= config.model.lora.dropout < 1, "model.lora.dropout must be in [0, 1)"),
+        (bool(config.model.lora.target_modules), "model.lora.target_modules must name at least one layer"),
     ]
     if a.adv_estimator in ("grpo", "group") and r.n < 2:
         checks.append((False, "rollout.n must be >= 2 for a group advantage (a group of one has no baseline)"))
+    checks += _method_checks(config)
+    checks += _data_checks(config)
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _data_checks(config: Config) -> list[tuple[bool, str]]:
+    """Names the data section refers to (checked here, before any model is loaded)."""
+    from perceptrl.rewards.templates import PROMPT_TEMPLATES
+
+    d = config.data
+    checks = [
+        (d.on_bad_sample in ("error", "skip"), f"data.on_bad_sample must be error or skip, got {d.on_bad_sample!r}"),
+        (d.template in PROMPT_TEMPLATES,
+         f"data.template: unknown prompt template {d.template!r}; valid names: {', '.join(sorted(PROMPT_TEMPLATES))}"),
+    ]
+    if not d.train_files:  # the built-in synthetic suite
+        from perceptrl.data.synthetic import FAMILIES
+
+        unknown = [name for name in d.families if name not in FAMILIES]
+        checks.append((not unknown, f"data.families: unknown synthetic families {unknown}; known: {', '.join(FAMILIES)}"))
+    return checks
+
+
+RECIPE_ALIASES = {"vogue": "dupl"}  # VOGUE (arXiv 2510.01444 v1) is DUPL's first name, one codebase
+PLANS = ("clean", "noisy_rollout", "noise_ladder", "dupl")
+ADV_ESTIMATORS = ("grpo", "drgrpo", "noisy_grpo", "dupl")
+
+
+def canonical_recipe(name: str) -> str:
+    """The recipe a name stands for (``vogue`` -> ``dupl``)."""
+    return RECIPE_ALIASES.get(name, name)
+
+
+def _method_checks(config: Config) -> list[tuple[bool, str]]:
+    """Checks of the method sections (papo, noisy_rollout, noisy_grpo, dupl, filters)."""
+    r, a = config.rollout, config.algorithm
+    p, nr, ng, d, f = config.papo, config.noisy_rollout, config.noisy_grpo, config.dupl, config.filters
+    checks = [
+        (r.plan in PLANS, f"rollout.plan must be one of {', '.join(PLANS)}, got {r.plan!r}"),
+        (a.adv_estimator in ADV_ESTIMATORS, f"algorithm.adv_estimator must be one of {', '.join(ADV_ESTIMATORS)}, got {a.adv_estimator!r}"),
+        (p.gamma >= 0, f"papo.gamma must be >= 0 (the perception KL is maximised by a positive gamma), got {p.gamma}"),
+        (p.eta1 >= 0 and p.eta2 >= 0, "papo.eta1 and papo.eta2 must be >= 0"),
+        (p.mask_patch >= 1, "papo.mask_patch must be >= 1"),
+        (0 <= p.mask_prob <= 1, "papo.mask_prob must be in [0, 1]"),
+        (p.kl_clamp_max is None or p.kl_clamp_max > 0, "papo.kl_clamp_max must be > 0 or null"),
+        (d.variant in ("paper", "released"), f"dupl.variant must be paper or released, got {d.variant!r}"),
+        (d.sigma >= 0, "dupl.sigma must be >= 0"),
+        (min(d.alpha_p, d.alpha_o) >= 0, "dupl.alpha_p and dupl.alpha_o must be >= 0"),
+        (min(d.beta_p, d.beta_o) > 0, "dupl.beta_p and dupl.beta_o must be > 0"),
+        (d.branch_schedule in ("linear", "constant"), "dupl.branch_schedule must be linear or constant"),
+        (0 <= d.branch_prob <= 1, "dupl.branch_prob must be in [0, 1]"),
+        (0 <= f.accuracy_low < f.accuracy_high <= 1, "filters.accuracy_low and accuracy_high need 0 <= low < high <= 1"),
+        (f.max_tries >= 1, "filters.max_tries must be >= 1"),
+        (f.round_prompts >= 0, "filters.round_prompts must be >= 0"),
+        (f.overlong_cache is None or 0 <= f.overlong_cache <= r.max_new_tokens,
+         "filters.overlong_cache must be between 0 and rollout.max_new_tokens"),
+        (ng.p_alpha > 0 and ng.R > 0, "noisy_grpo.p_alpha and noisy_grpo.R must be > 0"),
+        (nr.t_max in range(1000), "noisy_rollout.t_max must be a DDPM step in 0..999"),
+        (nr.schedule in ("sigmoid", "constant", "linear"), "noisy_rollout.schedule must be sigmoid, constant or linear"),
+    ]
+    if a.adv_estimator in ("drgrpo", "noisy_grpo", "dupl") and r.n < 2:
+        checks.append((False, "rollout.n must be >= 2 for a group advantage (a group of one has no baseline)"))
+    if r.plan == "noisy_rollout":
+        checks += [
+            (nr.n1 >= 0 and nr.n2 >= 1, "noisy_rollout.n1 must be >= 0 and noisy_rollout.n2 >= 1"),
+            (nr.n1 + nr.n2 == r.n, f"noisy_rollout.n1 + noisy_rollout.n2 ({nr.n1} + {nr.n2}) must equal rollout.n ({r.n})"),
+        ]
+    if r.plan == "noise_ladder" or a.adv_estimator == "noisy_grpo":
+        levels = ng.levels
+        checks += [
+            (len(levels) >= 1 and all(0 <= x <= 1 for x in levels), "noisy_grpo.levels must be noise levels in [0, 1]"),
+            (len(levels) >= 1 and r.n % len(levels) == 0,
+             f"rollout.n ({r.n}) must be a multiple of the noise ladder length (noisy_grpo.levels has {len(levels)})"),
+        ]
+    if a.adv_estimator == "noisy_grpo":
+        checks.append((r.plan == "noise_ladder", "algorithm.adv_estimator noisy_grpo needs rollout.plan noise_ladder (rows need noise levels)"))
+    if a.adv_estimator == "dupl" or r.plan == "dupl":
+        checks.append((a.adv_estimator == "dupl" and r.plan == "dupl",
+                       "DUPL needs both rollout.plan: dupl and algorithm.adv_estimator: dupl"))
+    if (p.gamma > 0 or p.eta2 > 0) and r.plan == "dupl" and d.variant == "paper":
+        checks.append((False, "papo with DUPL's paper variant is not supported: noisy-branch rows are updated on T(x), not the original image"))
+    required = {
+        "dupl": (r.plan == "dupl", "recipe dupl (alias vogue) needs rollout.plan: dupl"),
+        "noisy_grpo": (r.plan == "noise_ladder", "recipe noisy_grpo needs rollout.plan: noise_ladder"),
+        "noisy_rollout": (r.plan == "noisy_rollout", "recipe noisy_rollout needs rollout.plan: noisy_rollout"),
+        "papo_g": (p.gamma > 0, "recipe papo_g needs papo.gamma > 0"),
+        "papo_d": (p.gamma > 0, "recipe papo_d needs papo.gamma > 0"),
+        "dapo": (f.dynamic_sampling, "recipe dapo needs filters.dynamic_sampling: true"),
+    }
+    if canonical_recipe(config.recipe) in required:
+        checks.append(required[canonical_recipe(config.recipe)])
+    return checks
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -1,4 +1,5 @@
-"""Subcommands of this package (registered by ``perceptrl.cli``): ``perceptrl eval``.
+"""Subcommands of this package (registered by ``perceptrl.cli``): ``perceptrl eval`` and ``perceptrl compare``
+(the latter defined in :mod:`perceptrl.eval.compare`).
 
 ::
 
@@ -75,6 +76,10 @@ def register(subparsers) -> None:
     p.add_argument("items", nargs=argparse.REMAINDER, metavar="CONFIG_OR_MODEL [key=value ...]",
                    help="a YAML config, a model folder, a run folder or 'tiny'; then dotted overrides")
     p.set_defaults(func=cmd_eval)
+
+    from perceptrl.eval.compare import add_parser as add_compare
+
+    add_compare(subparsers)
 
 
 def _reparse(args: argparse.Namespace) -> argparse.Namespace:

@@ -10,17 +10,31 @@ Three jobs, each one batched call:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from perceptrl.models.sampling import gumbel_argmax
+
 # Tokens a model must never sample: they mark image positions in the prompt.
 VISION_SPECIAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<image>", "<video>")
 
 # Per-token tensors the processor returns beside input_ids (extended with zeros over completions).
 TOKEN_ALIGNED_KEYS = ("mm_token_type_ids", "token_type_ids")
+
+# Model classes whose prompt can be run once and its key/value cache shared by every completion of
+# that prompt (``Policy.share_prompt_prefix``); checked against a full forward in the tests of every
+# tiny family. Other models take the plain path: one full forward per row, ``model.generate``.
+PREFIX_SHARING_MODELS = (
+    "Qwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration",
+)
 
 
 @dataclass
@@ -134,6 +148,17 @@ class Policy:
         image_processor = getattr(processor, "image_processor", None)
         self.images_per_prompt_nested = "batch_num_images" in getattr(image_processor, "model_input_names", ())
         self.suppressed_token_ids = sorted({vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab})
+        # Run each distinct prompt once and share its key/value cache among the rows that repeat it.
+        # ``fast_generation``: our own sampling loop over that cache (else ``model.generate`` on every
+        # row); ``share_prompt_prefix``: the same in ``score`` (else one full forward per row).
+        supported = type(self._base_model()).__name__ in PREFIX_SHARING_MODELS
+        self.fast_generation = supported
+        self.share_prompt_prefix = supported
+
+    def _base_model(self):
+        """The transformers model under any wrapper (a peft model forwards to it)."""
+        model = getattr(self.model, "module", self.model)  # under a DDP / DeepSpeed wrapper
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     @property
     def device(self) -> torch.device:
@@ -183,9 +208,22 @@ class Policy:
         top_p: float = 1.0,
         do_sample: bool = True,
         return_logprobs: bool = False,
+        row_seeds: torch.Tensor | None = None,
     ) -> Completions:
-        """Sample one completion per entry of ``rows`` (repeat a row ``G`` times for a group)."""
+        """Sample one completion per entry of ``rows`` (repeat a row ``G`` times for a group).
+
+        ``row_seeds`` ``[R]`` (int64): batch-invariant sampling (``perceptrl.models.sampling``):
+        each row draws its own Gumbel noise from its seed and the position, so a completion does
+        not depend on the other rows of the batch. None: one global random stream (torch's).
+        """
         rows = torch.as_tensor(rows, dtype=torch.long)
+        if not do_sample:
+            row_seeds = None
+        if self.fast_generation:
+            with torch.inference_mode(), _eval_mode(self.model):
+                ids, logits = self._sample(prompts, rows, max_new_tokens, temperature, top_p, do_sample, return_logprobs,
+                                           row_seeds)
+            return self._completions(ids.clone(), rows, logits, temperature if do_sample else 1.0)
         batch = prompts.select(rows)
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
@@ -196,21 +234,98 @@ class Policy:
             return_dict_in_generate=True,
             output_logits=return_logprobs,
         )
-        if do_sample:
+        if do_sample and row_seeds is not None:  # argmax of Gumbel-perturbed scores = a sample
+            from perceptrl.models.sampling import GumbelSampler
+
+            sampler = GumbelSampler(row_seeds, prompts.prompt_length, temperature, top_p)
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=[sampler])
+        elif do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode():
-            out = self.model.generate(**batch, **kwargs)
+        with torch.inference_mode(), _eval_mode(self.model):
+            out = getattr(self.model, "module", self.model).generate(**batch, **kwargs)  # under a DDP wrapper
         # Clone out of inference mode: these ids are fed to forwards that need gradients.
         ids = out.sequences[:, prompts.prompt_length :].clone()
+        logits = torch.stack(out.logits, dim=1).clone().float() if return_logprobs else None
+        return self._completions(ids, rows, logits, temperature if do_sample else 1.0)
+
+    def _completions(self, ids, rows, logits, temperature: float) -> Completions:
         mask, truncated = completion_mask(ids, self.eos_token_id)
         ids = ids.masked_fill(mask == 0, self.pad_token_id)
         logprobs = None
-        if return_logprobs:
-            logits = torch.stack(out.logits, dim=1).clone().float() / (temperature if do_sample else 1.0)
-            logprobs = logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+        if logits is not None:
+            logprobs = (logits / temperature).log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
         return Completions(ids=ids.clone(), mask=mask, rows=rows, truncated=truncated, logprobs=logprobs)
+
+    # ------------------------------------------------------- shared prompt prefix
+    def _prefix_forward(self, prompts: EncodedPrompts, rows: torch.Tensor):
+        """Run each distinct prompt of ``rows`` once (images through the vision tower once).
+
+        Returns the model output (logits of the last prompt position, key/value cache expanded to
+        one entry per row, in row order) and the position ids of the first completion token of every
+        row (in the model's own layout: ``[R, 1]``, or ``[k, R, 1]`` for Qwen-VL's multimodal RoPE).
+        Gradient flows through the shared prefix if it is enabled.
+        """
+        unique, inverse = torch.unique(rows, return_inverse=True)
+        batch = prompts.select(unique)
+        positions = self._base_model()._prepare_position_ids_for_generation(batch["input_ids"], dict(batch))
+        out = self.model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
+        inverse = inverse.to(positions.device)
+        if len(unique) != len(rows) or not torch.equal(unique, rows):
+            out.past_key_values.reorder_cache(inverse)
+        next_position = positions[..., -1:].index_select(positions.ndim - 2, inverse) + 1
+        return out, inverse, next_position
+
+    def _continue(self, cache, input_ids, attention_mask, position_ids):
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=cache, use_cache=True,
+        )
+
+    def _sample(self, prompts, rows, max_new_tokens, temperature, top_p, do_sample, return_logprobs, row_seeds=None):
+        """Sampling loop over a shared, expanded prompt cache: ``[R, L]`` ids (and raw logits).
+
+        Same processing as ``model.generate`` here: vision special tokens suppressed, then
+        temperature, then top-p; rows that emitted the end-of-turn token continue with padding;
+        stops when every row has ended.
+        """
+        out, inverse, position = self._prefix_forward(prompts, rows)
+        cache = _preallocate(out.past_key_values, max_new_tokens)
+        logits = out.logits[:, -1, :].index_select(0, inverse)
+        attention = prompts.attention_mask.index_select(0, rows.to(prompts.attention_mask.device))
+        device = logits.device
+        suppress = torch.tensor(self.suppressed_token_ids, dtype=torch.long, device=device)
+        unfinished = torch.ones(len(rows), dtype=torch.bool, device=device)
+        ones = attention.new_ones(len(rows), 1)
+        tokens, raw = [], []
+        for step in range(max_new_tokens):
+            scores = logits.to(dtype=torch.float32, copy=True)
+            if return_logprobs:
+                raw.append(scores.clone())
+            if suppress.numel():
+                scores.index_fill_(-1, suppress, -float("inf"))
+            if do_sample:
+                if temperature != 1.0:
+                    scores = scores / temperature
+                if top_p < 1.0:
+                    scores = _top_p_filter(scores, top_p)
+                if row_seeds is not None:
+                    next_token = gumbel_argmax(scores, row_seeds, step)
+                else:
+                    next_token = _sample_categorical(scores.softmax(-1))
+            else:
+                next_token = scores.argmax(-1)
+            next_token = torch.where(unfinished, next_token, torch.full_like(next_token, self.pad_token_id))
+            tokens.append(next_token)
+            unfinished = unfinished & (next_token != self.eos_token_id)
+            if step == max_new_tokens - 1 or not bool(unfinished.any()):
+                break
+            attention = torch.cat([attention, ones], dim=1)
+            out = self._continue(cache, next_token[:, None], attention, position + step)
+            logits = out.logits[:, -1, :]
+        ids = torch.stack(tokens, dim=1)
+        return ids, (torch.stack(raw, dim=1) if return_logprobs else None)
 
     # ----------------------------------------------------------------- scoring
     def score(
@@ -229,19 +344,43 @@ class Policy:
         Gradient flows unless the caller wraps this in ``torch.no_grad``. Only the logits of the
         completion positions are computed (``logits_to_keep``); they are upcast to float32 once.
         """
-        batch = prompts.select(rows)
+        rows = torch.as_tensor(rows, dtype=torch.long)
         T = completion_ids.shape[1]
-        batch["input_ids"] = torch.cat([batch["input_ids"], completion_ids], dim=1)
-        batch["attention_mask"] = torch.cat([batch["attention_mask"], completion_mask.to(batch["attention_mask"].dtype)], dim=1)
-        for key in TOKEN_ALIGNED_KEYS:
-            if key in batch:
-                batch[key] = F.pad(batch[key], (0, T), value=0)
-        out = self.model(**batch, logits_to_keep=T + 1, use_cache=False)
-        logits = out.logits[:, :-1, :]
+        if self.share_prompt_prefix and len(torch.unique(rows)) < len(rows):
+            # Each distinct prompt runs once; its cache is shared by the rows that repeat it.
+            prefix, inverse, position = self._prefix_forward(prompts, rows)
+            first = prefix.logits[:, -1:, :].index_select(0, inverse)  # predicts completion token 0
+            rest = None
+            if T > 1:
+                attention = torch.cat([
+                    prompts.attention_mask.index_select(0, rows.to(prompts.attention_mask.device)),
+                    completion_mask[:, :-1].to(prompts.attention_mask.dtype),
+                ], dim=1)
+                positions = position + torch.arange(T - 1, device=position.device)
+                rest = self._continue(prefix.past_key_values, completion_ids[:, :-1], attention, positions).logits
+
+            def logits_of(start: int, stop: int) -> torch.Tensor:
+                return first[start:stop] if rest is None else torch.cat([first[start:stop], rest[start:stop]], dim=1)
+        else:
+            batch = prompts.select(rows)
+            batch["input_ids"] = torch.cat([batch["input_ids"], completion_ids], dim=1)
+            batch["attention_mask"] = torch.cat(
+                [batch["attention_mask"], completion_mask.to(batch["attention_mask"].dtype)], dim=1
+            )
+            for key in TOKEN_ALIGNED_KEYS:
+                if key in batch:
+                    batch[key] = F.pad(batch[key], (0, T), value=0)
+            out = self.model(**batch, logits_to_keep=T + 1, use_cache=False)
+            full = out.logits[:, :-1, :]
+
+            def logits_of(start: int, stop: int) -> torch.Tensor:
+                return full[start:stop]
+
+        n_rows = completion_ids.shape[0]
         parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "entropy": []}
         # Upcast a few rows at a time: at most one float32 [rows, T, V] block beyond the model's logits.
-        for start in range(0, logits.shape[0], self.score_chunk_rows):
-            chunk = logits[start : start + self.score_chunk_rows].float()
+        for start in range(0, n_rows, self.score_chunk_rows):
+            chunk = logits_of(start, start + self.score_chunk_rows).float()
             if temperature != 1.0:
                 chunk = chunk / temperature
             log_probs = chunk.log_softmax(-1)
@@ -252,7 +391,7 @@ class Policy:
                     parts["entropy"].append(-(log_probs.exp() * log_probs).sum(-1))
         result = {k: torch.cat(v) for k, v in parts.items() if v}
         if with_logits:
-            result["logits"] = logits
+            result["logits"] = logits_of(0, n_rows)
         return result
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -260,6 +399,95 @@ class Policy:
             self.tokenizer.decode(row[: int(m.sum())].tolist(), skip_special_tokens=True)
             for row, m in zip(ids, mask)
         ]
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Generate in eval mode: no dropout, and a key/value cache even under gradient checkpointing."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs`` ``[R, V]`` (inverse CDF; much faster than ``torch.multinomial`` on CPU).
+
+    ``u`` is scaled by the row's total so that rounding never lands past the last token, and the
+    first index whose CDF exceeds ``u`` never has probability 0.
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """Key/value states of one layer in preallocated room: appending a token copies nothing else.
+
+        A ``DynamicLayer`` concatenates, i.e. copies, the whole cache at every sampled token.
+        """
+
+        is_croppable = False
+
+        def __init__(self, layer, extra: int):
+            super().__init__()
+            keys, values = layer.keys, layer.values
+            b, h, n, d = keys.shape
+            self._keys = keys.new_empty(b, h, n + extra, d)
+            self._values = values.new_empty(b, h, n + extra, values.shape[-1])
+            self._keys[:, :, :n] = keys
+            self._values[:, :, :n] = values
+            self.length = n
+            self.dtype, self.device = keys.dtype, keys.device
+            self.is_initialized = True
+            self.keys, self.values = self._keys[:, :, :n], self._values[:, :, :n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            n = key_states.shape[-2]
+            if self.length + n > self._keys.shape[-2]:  # out of room: behave as a plain dynamic layer
+                self.keys = torch.cat([self.keys, key_states], dim=-2)
+                self.values = torch.cat([self.values, value_states], dim=-2)
+                self._keys, self._values = self.keys, self.values
+            else:
+                self._keys[:, :, self.length : self.length + n] = key_states
+                self._values[:, :, self.length : self.length + n] = value_states
+                self.keys = self._keys[:, :, : self.length + n]
+                self.values = self._values[:, :, : self.length + n]
+            self.length += n
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+    return GrowingLayer
+
+
+def _preallocate(cache, extra: int):
+    """Give every plain dynamic layer of ``cache`` room for ``extra`` more tokens (others unchanged)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return cache
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.numel():
+            layers[i] = _growing_layer_class()(layer, extra)
+    return cache
+
+
+def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most probable tokens whose probabilities sum to ``top_p`` (as HF's warper)."""
+    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -1:] = False  # keep at least one token
+    return scores.masked_fill(remove.scatter(1, sorted_indices, remove), -float("inf"))
 
 
 def completion_mask(ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,29 @@
 """Checkpoints that survive a crash at any moment.
 
 A checkpoint is a folder ``checkpoint-<step>`` in the run's output folder holding the model
-weights (safetensors), the optimizer and scheduler state (``torch.save``, loaded with
-``weights_only=True``), the random states and the loop's position (``state.json``). It is
-written into a temporary folder, flushed to disk, and renamed into place, so a folder named
-``checkpoint-<step>`` is always complete; ``state.json`` is written last and must be present.
+weights (``model.safetensors``), the optimizer and scheduler state (``trainer_state.pt``, written
+with ``torch.save`` and read back with ``weights_only=True``: no pickle code runs on load), the
+random states of python, numpy and torch, and the loop's position (``state.json``: step, data
+position, ...).
+
+Every folder that may be read after a crash appears by one atomic rename:
+
+- a checkpoint is written into ``.tmp-checkpoint-<step>-<pid>``, every file and the folder are
+  fsynced, and the folder is renamed to ``checkpoint-<step>``; a folder with that name is
+  therefore always complete (:func:`list_checkpoints` still checks for all three files);
+- old checkpoints are pruned by first renaming them to ``.trash-...`` (atomic) and then deleting
+  them, so a kill during a slow delete never leaves a half-deleted folder that looks complete;
+- replacing a checkpoint of the same step (a re-run after resuming from an older one) renames the
+  old one to ``.replaced-checkpoint-<step>-<pid>`` first; if a kill lands between the two renames,
+  :func:`clean_partial` puts the old one back;
+- the final model (:func:`save_final`) is written the same way into ``final/``.
+
+:func:`clean_partial` (called when a run resumes) removes what a killed write left behind.
+
+Fault injection for the crash test: if the environment variable ``PERCEPTRL_CRASH_AT`` is
+``<point>@<step>`` the process kills itself with SIGKILL when it reaches ``<point>`` while saving
+the checkpoint of ``<step>`` (``<point>`` is one of :data:`CRASH_POINTS`; ``final`` ignores the
+step). It costs one dictionary lookup per point and does nothing when the variable is unset.
 """
 
 from __future__ import annotations
@@ -13,6 +32,7 @@ import json
 import os
 import random
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +42,29 @@ from safetensors.torch import load_file, save_file
 
 PREFIX = "checkpoint-"
 STATE_FILE = "state.json"
+WEIGHTS_FILE = "model.safetensors"
+TRAINER_FILE = "trainer_state.pt"
+REQUIRED_FILES = (WEIGHTS_FILE, TRAINER_FILE, STATE_FILE)
 FORMAT_VERSION = 1
+FINAL_DIR = "final"
+CRASH_ENV = "PERCEPTRL_CRASH_AT"
+#: Where ``PERCEPTRL_CRASH_AT`` can stop a save, in order.
+CRASH_POINTS = ("tmp_created", "weights_written", "trainer_written", "state_written", "synced",
+                "renamed", "pruning", "final")
+_LEFTOVER_PATTERNS = (".tmp-*", ".trash-*")  # folders of a write or delete that was killed (final/, adapter/, ...)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder cannot be used (missing or unreadable files, wrong format)."""
+
+
+def _crash_point(point: str, step: int | None = None) -> None:
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    name, _, at = spec.partition("@")
+    if name == point and (point == "final" or not at or (step is not None and at == str(step))):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_tree(path: Path) -> None:
@@ -30,6 +72,8 @@ def _fsync_tree(path: Path) -> None:
         if item.is_file():
             with open(item, "rb") as handle:
                 os.fsync(handle.fileno())
+    for folder in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
+        _fsync_dir(folder)
     _fsync_dir(path)
 
 
@@ -40,8 +84,40 @@ def _fsync_dir(path: Path) -> None:
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
+
+
+def _remove(path: Path, output_dir: Path, step: int | None = None) -> None:
+    """Delete a folder so that no crash can leave it half-deleted under its usable name."""
+    trash = output_dir / f".trash-{path.name}-{os.getpid()}"
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    _crash_point("pruning", step)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _step_of(path: Path) -> int | None:
+    suffix = path.name[len(PREFIX):]
+    return int(suffix) if path.name.startswith(PREFIX) and suffix.isdigit() else None
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``final``, replacing an existing ``final``."""
+    if final.exists():
+        old = final.parent / f".replaced-{final.name}-{os.getpid()}"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
 
 
 def rng_state() -> dict[str, Any]:
@@ -82,30 +158,62 @@ def save_checkpoint(
     scheduler=None,
     loop_state: dict[str, Any] | None = None,
     keep: int | None = None,
+    before_commit=None,
 ) -> Path:
-    """Write ``checkpoint-<step>`` atomically; then keep only the newest ``keep`` checkpoints."""
+    """Write ``checkpoint-<step>`` atomically; then keep only the newest ``keep`` checkpoints.
+
+    ``before_commit(folder)``, if given, may add files to the checkpoint before it is synced and
+    renamed (multi-process runs add each process's random states, ``perceptrl.train.distributed``).
+    """
     output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / f"{PREFIX}{step}"
     tmp = output_dir / f".tmp-{PREFIX}{step}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(_state_dict_for_safetensors(model), str(tmp / "model.safetensors"))
+    tmp.mkdir()
+    _crash_point("tmp_created", step)
+    save_file(_state_dict_for_safetensors(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    _crash_point("weights_written", step)
     trainer_state = {"optimizer": optimizer.state_dict(), "rng": _rng_tensors(rng_state())}
     if scheduler is not None:
         trainer_state["scheduler"] = scheduler.state_dict()
-    torch.save(trainer_state, tmp / "trainer_state.pt")
+    torch.save(trainer_state, tmp / TRAINER_FILE)
+    _crash_point("trainer_written", step)
     state = {"format": FORMAT_VERSION, "step": step, **(loop_state or {})}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    if before_commit is not None:
+        before_commit(tmp)
+    _crash_point("state_written", step)
     _fsync_tree(tmp)
-    if final.exists():  # a finished checkpoint of this step exists already (re-run after resume)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(output_dir)
+    _crash_point("synced", step)
+    _swap_into_place(tmp, final)
+    _crash_point("renamed", step)
     if keep:
         for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old, output_dir, step)
     return final
+
+
+def save_final(model, processor, output_dir: str | Path, name: str = FINAL_DIR) -> Path:
+    """Save the model and processor as a Hugging Face folder ``output_dir/name``, atomically.
+
+    Written into ``.tmp-<name>-<pid>``, fsynced, then renamed: ``final/`` is either the previous
+    complete folder or the new complete one, never a mixture.
+    """
+    from perceptrl.models.loading import save_pretrained
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_pretrained(model, processor, tmp)
+    _crash_point("final")
+    _fsync_tree(tmp)
+    target = output_dir / name
+    _swap_into_place(tmp, target)
+    return target
 
 
 def _rng_tensors(state: dict[str, Any]) -> dict[str, Any]:
@@ -131,16 +239,22 @@ def _rng_from_tensors(saved: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def is_complete(path: str | Path) -> bool:
+    """A folder holding all of a checkpoint's files."""
+    path = Path(path)
+    return path.is_dir() and all((path / name).is_file() for name in REQUIRED_FILES)
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a folder without ``state.json`` is ignored)."""
+    """Complete checkpoints, oldest first (an incomplete folder is ignored)."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
     found = []
     for path in output_dir.glob(f"{PREFIX}*"):
-        suffix = path.name[len(PREFIX):]
-        if path.is_dir() and suffix.isdigit() and (path / STATE_FILE).is_file():
-            found.append((int(suffix), path))
+        step = _step_of(path)
+        if step is not None and is_complete(path):
+            found.append((step, path))
     return [p for _, p in sorted(found)]
 
 
@@ -150,27 +264,59 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def clean_partial(output_dir: str | Path) -> int:
-    """Remove temporary folders left by a checkpoint write that was killed."""
-    removed = 0
-    for path in Path(output_dir).glob(f".tmp-{PREFIX}*"):
-        shutil.rmtree(path, ignore_errors=True)
-        removed += 1
-    return removed
+    """Tidy up after a killed write; returns how many leftover folders were handled.
+
+    Temporary and trash folders (``.tmp-*``, ``.trash-*``) are deleted. A ``.replaced-<name>-<pid>``
+    folder (the previous, complete version of a folder that :func:`_swap_into_place` was replacing:
+    a checkpoint, ``final/``, a LoRA ``adapter/``) is renamed back if ``<name>`` is missing, else
+    deleted.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return 0
+    handled = 0
+    for pattern in _LEFTOVER_PATTERNS:
+        for path in output_dir.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                handled += 1
+    for path in output_dir.glob(".replaced-*"):
+        name = path.name[len(".replaced-"):].rsplit("-", 1)[0]
+        target = output_dir / name
+        if name and not target.exists():
+            os.replace(path, target)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        handled += 1
+    return handled
 
 
 def load_checkpoint(path: str | Path, model, optimizer, scheduler=None) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and random states; return the loop state."""
     path = Path(path)
-    state = json.loads((path / STATE_FILE).read_text())
-    if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')} is not {FORMAT_VERSION}")
-    tensors = load_file(str(path / "model.safetensors"))
+    missing_files = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing_files:
+        raise CheckpointError(f"{path}: not a complete checkpoint (missing {', '.join(missing_files)})")
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path / STATE_FILE}: unreadable ({err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        found = state.get("format") if isinstance(state, dict) else None
+        raise CheckpointError(f"{path}: checkpoint format {found} is not {FORMAT_VERSION}")
+    try:
+        tensors = load_file(str(path / WEIGHTS_FILE))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path / WEIGHTS_FILE}: unreadable ({type(err).__name__}: {err})") from None
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     tied = {k for k in missing if _is_tied(model, k, tensors)}
     if set(missing) - tied or unexpected:
-        raise ValueError(f"{path}: weights do not match the model (missing {sorted(set(missing) - tied)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]})")
-    trainer_state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+        raise CheckpointError(f"{path}: weights do not match the model (missing {sorted(set(missing) - tied)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]})")
+    try:
+        trainer_state = torch.load(path / TRAINER_FILE, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - corrupt file, or one holding non-tensor objects
+        raise CheckpointError(f"{path / TRAINER_FILE}: unreadable ({type(err).__name__}: {err})") from None
     optimizer.load_state_dict(trainer_state["optimizer"])
     if scheduler is not None and "scheduler" in trainer_state:
         scheduler.load_state_dict(trainer_state["scheduler"])

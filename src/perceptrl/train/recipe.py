@@ -1,9 +1,19 @@
-"""A recipe: the pieces one method plugs into the RL loop, built from the config.
+"""A recipe: the pieces one method plugs into the RL loop, assembled from the config.
+
+A method is a choice along a few independent axes (ALGORITHMS.md section 8), each a small piece:
+- a rollout *plan* (``plans.py``): generating views, update view or branch, extra scoring views;
+- a *sampler* (``filters.py``): one round, or DAPO's dynamic sampling over rounds;
+- *preparers* (``filters.py``): overlong punishment and masking, applied to the sampled batch;
+- an advantage *estimator* and optional token *shapers* (``estimators.py``);
+- *loss terms* (``terms.py``): surrogate, reference KL, entropy bonus, PAPO's perception terms.
+``build_recipe(config)`` picks them; there is no trainer subclass per method, and a hybrid
+(PAPO on DAPO, DUPL on DAPO, PAPO plus NoisyRollout) is just another choice of pieces.
 
 The loop asks the recipe six questions each step: which views generate completions
 (``gen_specs``), which extra views are scored (``scoring_views``), how prompts are sampled
 and filtered (``sample``), which extra forwards run before the update (``precompute``), what
 the advantages are (``advantages``) and which loss terms make the update (``update_settings``).
+Every answer is a function of the optimizer step, so a resumed run makes the same choices.
 """
 
 from __future__ import annotations
@@ -12,57 +22,139 @@ from typing import Callable
 
 import torch
 
-from perceptrl.algorithms.advantages import group_advantage
-from perceptrl.config import Config
+from perceptrl.algorithms.schedules import make_schedule
+from perceptrl.config import Config, canonical_recipe
+from perceptrl.train.estimators import DuplShaper, GroupEstimator, NoisyGrpoEstimator
+from perceptrl.train.filters import DynamicSampling, OverlongMask, OverlongPenalty, single_round
+from perceptrl.train.plans import (
+    BranchSchedule,
+    CleanPlan,
+    DuplPaperPlan,
+    DuplReleasedPlan,
+    LadderPlan,
+    NoisyRolloutPlan,
+    Plan,
+)
 from perceptrl.train.rollout import GenSpec, Rollout
-from perceptrl.train.update import UpdateSettings, entropy_bonus_term, reference_kl_term, surrogate_term
+from perceptrl.train.terms import PapoPerception, entropy_bonus_term, reference_kl_term, surrogate_term
+from perceptrl.train.update import LossTerm, Shaper, UpdateSettings
 
 
 class Recipe:
-    """GRPO and its loss/advantage options; methods extend it by configuration."""
+    """A composition of pieces; holds no method-specific logic of its own."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, plan: Plan, estimator, sampler=single_round, preparers=(),
+                 terms: list[LossTerm] | None = None, shapers: list[Shaper] | None = None, extras=(),
+                 name: str | None = None):
         self.config = config
+        self.name = name or canonical_recipe(config.recipe)
+        self.plan = plan
+        self.estimator = estimator
+        self.sampler = sampler
+        self.preparers = list(preparers)  # objects with prepare(rollout, step)
+        self.terms = list(terms or [])
+        self.shapers = list(shapers or [])
+        self.extras = list(extras)  # pieces with scoring_views(step) / precompute(policy, rollout, step)
 
     # -- rollout -------------------------------------------------------------
     def gen_specs(self, step: int) -> list[GenSpec]:
-        return [GenSpec("clean", self.config.rollout.n)]
+        return self.plan.gen_specs(step)
 
     def scoring_views(self, step: int) -> dict:
-        return {}
+        views = dict(self.plan.scoring_views(step))
+        for piece in self.extras:
+            views.update(piece.scoring_views(step))
+        return views
 
-    def sample(self, next_prompts: Callable[[int], list], rollout_once: Callable[[list], Rollout], n: int) -> Rollout:
-        return rollout_once(next_prompts(n))
+    def sample(self, next_prompts: Callable[[int], list], rollout_once: Callable[[list], Rollout], n: int,
+               step: int) -> Rollout:
+        rollout = self.sampler(next_prompts, rollout_once, n)
+        for piece in self.preparers:
+            piece.prepare(rollout, step)
+        self.plan.prepare(rollout, step)
+        return rollout
 
     def precompute(self, policy, rollout: Rollout, step: int) -> None:
-        return None
+        self.plan.precompute(policy, rollout, step)
+        for piece in self.extras:
+            piece.precompute(policy, rollout, step)
 
     # -- advantage -----------------------------------------------------------
     def advantages(self, rollout: Rollout, step: int) -> torch.Tensor:
-        a = self.config.algorithm
-        return group_advantage(rollout.scores["reward"], rollout.group_ids, scale=a.adv_scale, eps=a.adv_eps)
+        return self.estimator(rollout, step)
 
     # -- update --------------------------------------------------------------
-    def loss_terms(self, step: int) -> list:
-        a = self.config.algorithm
-        terms = [surrogate_term(a.eps_low, a.eps_high, a.dual_clip_c)]
-        if a.kl_beta > 0:
-            terms.append(reference_kl_term(a.kl_beta, a.kl_type))
-        if a.entropy_coef > 0:
-            terms.append(entropy_bonus_term(a.entropy_coef))
-        return terms
+    def loss_terms(self, step: int) -> list[LossTerm]:
+        return self.terms
 
     def update_settings(self, step: int) -> UpdateSettings:
         c = self.config
+        terms = self.loss_terms(step)
         return UpdateSettings(
             loss_agg_mode=c.algorithm.loss_agg_mode,
             micro_batch_size=c.train.micro_batch_size,
             max_grad_norm=c.train.max_grad_norm,
             max_len=c.rollout.max_new_tokens,
             temperature=c.rollout.temperature,
-            terms=self.loss_terms(step),
+            need_logits=any(getattr(piece, "needs_logits", False) for piece in [*terms, *self.shapers]),
+            terms=terms,
+            shapers=self.shapers,
         )
 
 
+def build_plan(config: Config) -> Plan:
+    r, t = config.rollout, config.train
+    if r.plan == "noisy_rollout":
+        nr = config.noisy_rollout
+        params = {"sigmoid": {"lam": nr.lam, "s_mid": nr.s_mid}, "constant": {"value": 1.0},
+                  "linear": {"start": 1.0, "end": 0.0}}[nr.schedule]
+        return NoisyRolloutPlan(nr.n1, nr.n2, nr.t_max, make_schedule(nr.schedule, t.max_steps, **params))
+    if r.plan == "noise_ladder":
+        ng = config.noisy_grpo
+        return LadderPlan(r.n, ng.levels, ng.clean_first_level)
+    if r.plan == "dupl":
+        d = config.dupl
+        branch = BranchSchedule(d.branch_schedule, t.max_steps, d.branch_prob, t.seed)
+        if d.variant == "paper":
+            return DuplPaperPlan(r.n, d.sigma, branch)
+        return DuplReleasedPlan(r.n, d.sigma, branch, t.micro_batch_size, r.temperature)
+    return CleanPlan(r.n)
+
+
 def build_recipe(config: Config) -> Recipe:
-    return Recipe(config)
+    """Assemble the pieces the config asks for."""
+    a, p, f, d = config.algorithm, config.papo, config.filters, config.dupl
+    plan = build_plan(config)
+
+    if a.adv_estimator == "noisy_grpo":
+        estimator = NoisyGrpoEstimator(config.noisy_grpo.p_alpha, config.noisy_grpo.R, a.adv_eps)
+    else:
+        estimator = GroupEstimator("none" if a.adv_estimator == "drgrpo" else a.adv_scale, a.adv_eps)
+    shapers: list[Shaper] = []
+    if a.adv_estimator == "dupl":
+        shapers.append(DuplShaper(d.variant, d.alpha_p, d.beta_p, d.alpha_o, d.beta_o, d.use_u_per, d.use_u_out))
+
+    terms: list[LossTerm] = [surrogate_term(a.eps_low, a.eps_high, a.dual_clip_c)]
+    if a.kl_beta > 0:
+        terms.append(reference_kl_term(a.kl_beta, a.kl_type, a.kl_bias_correction))
+    if a.entropy_coef > 0:
+        terms.append(entropy_bonus_term(a.entropy_coef))
+    extras = []
+    if p.gamma > 0 or p.eta1 > 0 or p.eta2 > 0:
+        papo = PapoPerception(p.gamma, p.eta1, p.eta2, p.mask_patch, p.mask_prob, p.recompute_masked,
+                              p.kl_clamp_max, config.train.micro_batch_size, config.rollout.temperature)
+        terms.append(papo)
+        extras.append(papo)
+
+    sampler = single_round
+    if f.dynamic_sampling:
+        sampler = DynamicSampling(f.accuracy_low, f.accuracy_high, f.max_tries, f.round_prompts)
+    preparers = []
+    if f.overlong_penalty:
+        max_len = config.rollout.max_new_tokens
+        cache = f.overlong_cache if f.overlong_cache is not None else max(1, int(0.2 * max_len))
+        preparers.append(OverlongPenalty(max_len, cache))
+    if f.overlong_mask:
+        preparers.append(OverlongMask())
+
+    return Recipe(config, plan, estimator, sampler, preparers, terms, shapers, extras)

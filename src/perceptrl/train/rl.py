@@ -6,6 +6,7 @@ the shape of this loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,12 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perceptrl.bench.timer import step_timer, timed
 from perceptrl.config import Config, save_config
 from perceptrl.data.sources import build_source
 from perceptrl.eval.evaluate import evaluate_greedy
-from perceptrl.models.loading import save_pretrained, frozen_copy, load_policy
+from perceptrl.models.engines import build_engine
+from perceptrl.models.loading import load_policy
+from perceptrl.models.lora import prepare_for_training, reference_policy, save_final_model
 from perceptrl.rewards import RewardFunction, get_template
 from perceptrl.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
+from perceptrl.train.distributed import Distributed
 from perceptrl.train.logging import MetricsLogger, progress
 from perceptrl.train.recipe import build_recipe
 from perceptrl.train.rollout import collect_rollout, score_rollout
@@ -57,6 +62,7 @@ class TrainResult:
     before: dict
     after: dict
     history: list[dict]
+    is_main: bool = True  # False on the other processes of a multi-process run (they hold no evaluation)
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,75 +72,99 @@ class TrainingDiverged(RuntimeError):
 def train(config: Config, policy=None) -> TrainResult:
     """Run RL training as ``config`` says; returns held-out accuracy before and after."""
     t_cfg, r_cfg = config.train, config.rollout
+    dist = Distributed.from_environment()  # several processes: each takes a slice of every step's prompts
+    dist.check(t_cfg)  # prompts_per_step divisible by the number of processes, ...
+    source = build_source(config.data, t_cfg.seed)  # validates data files before any slow work
     out_dir = Path(t_cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
     setup_torch(config)
 
-    policy = policy or load_policy(config.model, config.data.system_prompt)
-    reference = frozen_copy(policy) if config.algorithm.kl_beta > 0 else None
-    source = build_source(config.data, t_cfg.seed)
+    model_cfg = config.model if dist.device is None else dataclasses.replace(config.model, device=str(dist.device))
+    policy = prepare_for_training(policy or load_policy(model_cfg, config.data.system_prompt), config.model)
+    reference = reference_policy(policy) if config.algorithm.kl_beta > 0 else None  # LoRA: adapter off
+    engine = build_engine(r_cfg.engine, policy, config.model)  # hf: the policy itself
     template = get_template(config.data.template)
     reward_fn = RewardFunction(config.data.template, config.reward.accuracy_weight, config.reward.format_weight)
     recipe = build_recipe(config)
     optimizer = make_optimizer(policy.model, t_cfg)
     scheduler = make_scheduler(optimizer, t_cfg)
+    policy.model, optimizer = dist.prepare(policy.model, optimizer)  # DDP / DeepSpeed wrapper, or as is
     val = source.val_samples()
 
-    def evaluate() -> dict:
-        return evaluate_greedy(policy, val, template, reward_fn, r_cfg.max_new_tokens)
+    def evaluate() -> dict:  # on the main process; the others wait
+        result = evaluate_greedy(policy, val, template, reward_fn, r_cfg.max_new_tokens) if dist.is_main else {}
+        dist.barrier()
+        return result
 
     # Resume from the newest complete checkpoint, or start fresh.
-    start_step, data_position, bad_steps, before = 0, 0, 0, None
-    checkpoint = find_resume_checkpoint(out_dir, t_cfg.resume)
+    start_step, data_position, bad_steps, skipped_steps, before = 0, 0, 0, 0, None
+    checkpoint = dist.broadcast_object(find_resume_checkpoint(out_dir, t_cfg.resume) if dist.is_main else None)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, policy.model, optimizer, scheduler)
+        state = load_checkpoint(checkpoint, dist.unwrap(policy.model), optimizer, scheduler)
+        dist.restore_rng(checkpoint)  # each process its own random states
         start_step, data_position = state["step"], state["data_position"]
         bad_steps, before = state.get("bad_steps", 0), state.get("eval_before")
-        truncate_metrics(out_dir / "metrics.jsonl", start_step)
+        skipped_steps = state.get("skipped_steps", 0)
+        if dist.is_main:
+            truncate_metrics(out_dir / "metrics.jsonl", start_step)
         log.info("resumed from %s at step %d", checkpoint, start_step)
-    logger = MetricsLogger(out_dir)
+    elif dist.is_main:  # a fresh start redoes everything: drop rows a killed earlier attempt logged
+        truncate_metrics(out_dir / "metrics.jsonl", -1)
+    logger = MetricsLogger(out_dir) if dist.is_main else NullLogger()
     if before is None:
         before = evaluate()
         logger.log(0, {f"eval/{k}": v for k, v in before.items()})
 
     history: list[dict] = []
-    bar = progress(t_cfg.max_steps, f"train {config.recipe}", t_cfg.progress, initial=start_step)
+    bar = progress(t_cfg.max_steps, f"train {config.recipe}", t_cfg.progress and dist.is_main, initial=start_step)
     for step in range(start_step, t_cfg.max_steps):
         t0 = time.perf_counter()
+        step_timer.reset()
         torch.manual_seed(step_seed(t_cfg.seed, step))
 
         # 1. Rollout: generate G completions per prompt from the views the recipe asks for.
-        def next_prompts(n: int) -> list:
-            nonlocal data_position
-            batch = [source.train_sample(data_position + i) for i in range(n)]
-            data_position += n
+        engine.sync_weights()  # vllm: copy the current weights in (hf generates with the policy itself)
+        first = 0  # global data position of the first prompt this process is rolling out
+
+        def next_prompts(n: int) -> list:  # this process's slice of the next n * world_size prompts
+            nonlocal data_position, first
+            first = data_position + dist.rank * n
+            with timed("data"):
+                batch = [source.train_sample(first + i) for i in range(n)]
+            data_position += n * dist.world_size
             return batch
 
         def rollout_once(samples):
-            first = data_position - len(samples)
             rollout = collect_rollout(
                 policy, samples, recipe.gen_specs(step), template, r_cfg.max_new_tokens,
                 r_cfg.temperature, r_cfg.top_p,
-                seed_of=lambda p, name: step_seed(t_cfg.seed, step, first + p, hash_name(name)),
+                seed_of=lambda p, name, first=first: step_seed(t_cfg.seed, step, first + p, hash_name(name)),
                 scoring_views=recipe.scoring_views(step),
+                row_seeds=r_cfg.batch_invariant, engine=engine,
             )
-            score_rollout(rollout, reward_fn)  # 2. Score: verifiable reward per completion.
+            with timed("reward"):
+                score_rollout(rollout, reward_fn)  # 2. Score: verifiable reward per completion.
             return rollout
 
-        rollout = recipe.sample(next_prompts, rollout_once, t_cfg.prompts_per_step)
+        rollout = recipe.sample(next_prompts, rollout_once, t_cfg.prompts_per_step // dist.world_size, step)
+        data_position = dist.all_reduce_max(data_position)  # DAPO's rounds may differ between processes
         t_gen = time.perf_counter()
 
         # 3. Extra forwards without gradient: reference, old policy, extra views.
         if reference is not None:
-            rollout.extra["ref_logprobs"] = score_no_grad(
-                reference, rollout, rollout.update_rows, t_cfg.micro_batch_size, r_cfg.temperature
-            )["logprobs"]
+            with timed("scoring/reference"):
+                rollout.extra["ref_logprobs"] = score_no_grad(
+                    reference, rollout, rollout.update_rows, t_cfg.micro_batch_size, r_cfg.temperature
+                )["logprobs"]
         if t_cfg.ppo_epochs > 1:
-            rollout.extra["old_logprobs"] = score_no_grad(
-                policy, rollout, rollout.update_rows, t_cfg.micro_batch_size, r_cfg.temperature
-            )["logprobs"]
-        recipe.precompute(policy, rollout, step)
+            with timed("scoring/old"):
+                rollout.extra["old_logprobs"] = score_no_grad(
+                    policy, rollout, rollout.update_rows, t_cfg.micro_batch_size, r_cfg.temperature
+                )["logprobs"]
+        with timed("scoring/extra_views"):
+            recipe.precompute(policy, rollout, step)
         t_score = time.perf_counter()
 
         # 4. Advantage.
@@ -142,10 +172,10 @@ def train(config: Config, policy=None) -> TrainResult:
 
         # 5. Update (skipped, and counted, when anything is not finite).
         metrics: dict = {}
-        fault = nonfinite_input(rollout)
+        fault = next((f for f in dist.gather_objects(nonfinite_input(rollout)) if f), None)  # any process's
         if fault is None:
             for _ in range(t_cfg.ppo_epochs):
-                metrics = run_update(policy, optimizer, rollout, recipe.update_settings(step))
+                metrics = run_update(policy, optimizer, rollout, recipe.update_settings(step), dist)
                 if metrics.get("skipped_nonfinite_grad"):
                     fault = "gradient or loss"
                     break
@@ -154,14 +184,17 @@ def train(config: Config, policy=None) -> TrainResult:
             bad_steps = 0
         else:
             bad_steps += 1
+            skipped_steps += 1
             metrics["skipped_step"] = 1.0
             log.warning("step %d skipped: non-finite %s (%d in a row)", step + 1, fault, bad_steps)
             if bad_steps >= t_cfg.max_bad_steps:
-                logger.log(step + 1, {"skipped_step": 1.0, "bad_steps": bad_steps})
+                logger.log(step + 1, {"skipped_step": 1.0, "bad_steps": bad_steps, "skipped_steps": skipped_steps})
                 logger.close()
+                last_good = latest_checkpoint(out_dir)
                 raise TrainingDiverged(
-                    f"{bad_steps} consecutive steps had a non-finite {fault} (last at step {step + 1}); "
-                    f"stopping. The last good checkpoint is kept in {out_dir}."
+                    f"{bad_steps} consecutive steps had a non-finite {fault} (last at step {step + 1}, "
+                    f"train.max_bad_steps = {t_cfg.max_bad_steps}); stopping. Last good checkpoint: "
+                    f"{last_good if last_good else f'none in {out_dir} (set train.save_steps)'}"
                 )
         t_end = time.perf_counter()
 
@@ -171,19 +204,24 @@ def train(config: Config, policy=None) -> TrainResult:
         metrics.update({
             "time/step": t_end - t0, "time/generation": t_gen - t0,
             "time/scoring": t_score - t_gen, "time/update": t_end - t_score,
-            "lr": optimizer.param_groups[0]["lr"], "bad_steps": bad_steps,
+            "lr": optimizer.param_groups[0]["lr"], "bad_steps": bad_steps, "skipped_steps": skipped_steps,
         })
+        metrics.update(step_timer.metrics())  # finer splits: perceptrl.bench.timer
+        metrics = dist.reduce_metrics(metrics)  # over processes (identity in one)
         if t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0 and step + 1 < t_cfg.max_steps:
             metrics.update({f"eval/{k}": v for k, v in evaluate().items()})
         history.append({"step": step + 1, **metrics})
         if (step + 1) % t_cfg.log_every == 0 or step + 1 == t_cfg.max_steps:
             logger.log(step + 1, metrics)
         if t_cfg.save_steps and (step + 1) % t_cfg.save_steps == 0 and fault is None:
-            save_checkpoint(
-                out_dir, step + 1, policy.model, optimizer, scheduler,
-                {"data_position": data_position, "bad_steps": bad_steps, "eval_before": before},
-                keep=t_cfg.save_total_limit,
-            )
+            rng_states = dist.gather_rng_states()  # every process's, written beside the main one's
+            if dist.is_main:
+                save_checkpoint(
+                    out_dir, step + 1, dist.unwrap(policy.model), optimizer, scheduler,
+                    {"data_position": data_position, "bad_steps": bad_steps, "skipped_steps": skipped_steps,
+                     "eval_before": before},
+                    keep=t_cfg.save_total_limit, before_commit=dist.rng_writer(rng_states),
+                )
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", acc=f"{metrics['accuracy']:.3f}")
         bar.update(1)
     bar.close()
@@ -191,9 +229,20 @@ def train(config: Config, policy=None) -> TrainResult:
     after = evaluate()
     logger.log(t_cfg.max_steps, {f"eval/{k}": v for k, v in after.items()})
     logger.close()
-    if t_cfg.save_final:
-        save_pretrained(policy.model, policy.processor, out_dir / "final")
-    return TrainResult(out_dir, before, after, history)
+    if t_cfg.save_final and dist.is_main:  # atomic: tmp folder, fsync, rename (LoRA: merged + adapter/)
+        save_final_model(dist.unwrap(policy.model), policy.processor, out_dir)
+    dist.barrier()
+    return TrainResult(out_dir, before, after, history, dist.is_main)
+
+
+class NullLogger:
+    """The metrics logger of a process other than the main one: logs nothing."""
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def make_scheduler(optimizer, train_cfg):
@@ -218,8 +267,16 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric rows logged after the checkpoint we resume from (they will be redone)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # empty, or cut short by a kill mid-write
+            continue
+        # rows after the checkpoint, and an end-of-run evaluation row at its step, are redone
+        eval_only = all(k == "step" or k.startswith("eval/") for k in row)
+        if row.get("step", 0) < step or (row.get("step") == step and not eval_only):
+            kept.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)

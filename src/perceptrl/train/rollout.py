@@ -4,6 +4,10 @@ A *rollout plan* says, for every prompt, which views generate how many completio
 (``GenSpec``), and which view each completion is conditioned on in the update. Every
 (prompt, view) pair is an *instance*; all instances of a step are run through the processor
 once, in one call, and every completion row points at the instances it needs.
+
+A rollout can be cut down to some of its rows (``Rollout.subset``) and several rollouts can be
+joined into one (``merge_rollouts``): DAPO's dynamic sampling generates in rounds and keeps only
+the informative groups of each.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
+from perceptrl.bench.timer import timed
 from perceptrl.data.types import Sample
 from perceptrl.models.policy import Completions, EncodedPrompts, Policy
 
@@ -38,6 +44,19 @@ class GenSpec:
 
 
 @dataclass
+class ScoringView:
+    """A view the completions are only re-scored under (teacher-forced), never generated from.
+
+    ``per_rollout``: draw the view afresh for every completion of a prompt (DUPL's released code
+    draws ``T(x)`` per row) instead of once per prompt (PAPO's mask, shared by the group). The
+    instances are then named ``"<name>#<slot>"``.
+    """
+
+    view: ViewFn
+    per_rollout: bool = False
+
+
+@dataclass
 class Rollout:
     """Everything one step generated and scored. Rows are completions, ``R`` of them."""
 
@@ -55,13 +74,176 @@ class Rollout:
     advantages: torch.Tensor | None = None  # [R] or [R, T]
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # precomputed [R, T] tensors
     stats: dict[str, float] = field(default_factory=dict)
+    slot: torch.Tensor | None = None  # [R] position of the row among its prompt's completions
+    update_mask: torch.Tensor | None = None  # [R] bool: rows the update trains on (None = all)
+    pad_token_id: int = 0
 
     def __len__(self) -> int:
         return self.completions.ids.shape[0]
 
     def rows_for_view(self, view: str) -> torch.Tensor:
-        """Instance rows of ``view`` for every completion (same prompt)."""
-        return torch.tensor([self.instance_of[(int(p), view)] for p in self.prompt_index.tolist()])
+        """Instance rows of ``view`` for every completion (same prompt; per-rollout views by slot)."""
+        slots = self.slot.tolist() if self.slot is not None else [0] * len(self)
+        out = []
+        for p, k in zip(self.prompt_index.tolist(), slots):
+            key = (int(p), view)
+            out.append(self.instance_of[key] if key in self.instance_of else self.instance_of[(int(p), f"{view}#{k}")])
+        return torch.tensor(out, dtype=torch.long)
+
+    def update_indices(self) -> torch.Tensor:
+        """Rows that make the update, in order."""
+        if self.update_mask is None:
+            return torch.arange(len(self))
+        return self.update_mask.nonzero().flatten()
+
+    def keep_for_update(self, keep: torch.Tensor) -> None:
+        """Restrict the update to rows where ``keep`` [R] is true (and-ed with earlier choices)."""
+        keep = keep.bool().cpu()
+        self.update_mask = keep if self.update_mask is None else self.update_mask & keep
+
+    def subset(self, rows: torch.Tensor | list[int]) -> "Rollout":
+        """A rollout of the given rows only; prompts and instances no row needs are dropped."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        prompt_rows = self.prompt_index[rows].tolist()
+        old_prompts = sorted(set(prompt_rows))
+        p_map = {old: new for new, old in enumerate(old_prompts)}
+        by_instance = sorted(self.instance_of.items(), key=lambda kv: kv[1])
+        kept = [(key, i) for key, i in by_instance if key[0] in p_map]
+        i_map = {old: new for new, (_, old) in enumerate(kept)}
+        inst_idx = [i for _, i in kept]
+
+        def remap(t: torch.Tensor, mapping: dict[int, int]) -> torch.Tensor:
+            return torch.tensor([mapping[int(x)] for x in t.tolist()], dtype=torch.long)
+
+        comp = self.completions
+        completions = Completions(
+            ids=comp.ids[rows], mask=comp.mask[rows], rows=remap(comp.rows[rows], i_map),
+            truncated=comp.truncated[rows], logprobs=None if comp.logprobs is None else comp.logprobs[rows],
+        )
+        return Rollout(
+            samples=[self.samples[p] for p in old_prompts],
+            prompts=_select_instances(self.prompts, inst_idx),
+            instance_of={(p_map[p], v): i_map[i] for (p, v), i in kept},
+            completions=completions,
+            prompt_index=remap(self.prompt_index[rows], p_map),
+            group_ids=_dense(self.group_ids[rows]),
+            update_rows=remap(self.update_rows[rows], i_map),
+            gen_view=[self.gen_view[r] for r in rows.tolist()],
+            tags={k: v[rows] for k, v in self.tags.items()},
+            texts=[self.texts[r] for r in rows.tolist()] if self.texts else [],
+            scores={k: v[rows] for k, v in self.scores.items()},
+            advantages=None if self.advantages is None else self.advantages[rows],
+            extra={k: v[rows] for k, v in self.extra.items()},
+            stats=dict(self.stats),
+            slot=None if self.slot is None else self.slot[rows],
+            update_mask=None if self.update_mask is None else self.update_mask[rows],
+            pad_token_id=self.pad_token_id,
+        )
+
+
+def _dense(ids: torch.Tensor) -> torch.Tensor:
+    """Renumber ids ``0..k-1`` in order of first appearance."""
+    lookup: dict[int, int] = {}
+    return torch.tensor([lookup.setdefault(int(g), len(lookup)) for g in ids.tolist()], dtype=torch.long)
+
+
+def _select_instances(prompts: EncodedPrompts, idx: list[int]) -> EncodedPrompts:
+    rows = torch.tensor(idx, dtype=torch.long, device=prompts.input_ids.device)
+    return EncodedPrompts(
+        input_ids=prompts.input_ids[rows],
+        attention_mask=prompts.attention_mask[rows],
+        token_tensors={k: v[rows] for k, v in prompts.token_tensors.items()},
+        image_chunks={k: [v[i] for i in idx] for k, v in prompts.image_chunks.items()},
+    )
+
+
+def _pad_to(t: torch.Tensor, length: int, value: float, left: bool) -> torch.Tensor:
+    extra = length - t.shape[1]
+    if extra == 0:
+        return t
+    return F.pad(t, (extra, 0) if left else (0, extra), value=value)
+
+
+def merge_rollouts(rollouts: list[Rollout]) -> Rollout:
+    """Join rollouts of one step into one: prompts, instances, rows and groups are renumbered.
+
+    Prompts are re-padded on the left to the longest, completions on the right; per-row
+    ``[R, T]`` tensors (``extra``, per-token advantages) are padded with zeros.
+    """
+    if len(rollouts) == 1:
+        return rollouts[0]
+    pad = rollouts[0].pad_token_id
+    P = max(r.prompts.prompt_length for r in rollouts)
+    T = max(r.completions.ids.shape[1] for r in rollouts)
+    samples, instance_of, texts, gen_view = [], {}, [], []
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in (
+        "input_ids", "attention_mask", "ids", "mask", "rows", "truncated", "prompt_index", "group_ids",
+        "update_rows", "slot", "update_mask")}
+    token_tensors: dict[str, list[torch.Tensor]] = {}
+    image_chunks: dict[str, list[torch.Tensor]] = {}
+    p_off = i_off = g_off = 0
+    for r in rollouts:
+        enc, comp = r.prompts, r.completions
+        parts["input_ids"].append(_pad_to(enc.input_ids, P, pad, left=True))
+        parts["attention_mask"].append(_pad_to(enc.attention_mask, P, 0, left=True))
+        for k, v in enc.token_tensors.items():
+            token_tensors.setdefault(k, []).append(_pad_to(v, P, 0, left=True))
+        for k, chunks in enc.image_chunks.items():
+            image_chunks.setdefault(k, []).extend(chunks)
+        parts["ids"].append(_pad_to(comp.ids, T, pad, left=False))
+        parts["mask"].append(_pad_to(comp.mask, T, 0, left=False))
+        parts["rows"].append(comp.rows + i_off)
+        parts["truncated"].append(comp.truncated)
+        parts["prompt_index"].append(r.prompt_index + p_off)
+        parts["group_ids"].append(_dense(r.group_ids) + g_off)
+        parts["update_rows"].append(r.update_rows + i_off)
+        parts["slot"].append(r.slot if r.slot is not None else torch.zeros(len(r), dtype=torch.long))
+        parts["update_mask"].append(r.update_mask if r.update_mask is not None else torch.ones(len(r), dtype=torch.bool))
+        instance_of.update({(p + p_off, v): i + i_off for (p, v), i in r.instance_of.items()})
+        samples.extend(r.samples)
+        texts.extend(r.texts)
+        gen_view.extend(r.gen_view)
+        p_off += len(r.samples)
+        i_off += len(enc)
+        g_off += int(_dense(r.group_ids).max()) + 1 if len(r) else 0
+
+    def cat_rows(dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        keys = set(dicts[0]).intersection(*dicts[1:])
+        return {k: torch.cat([_pad_to(d[k], T, 0, left=False) if d[k].dim() == 2 else d[k] for d in dicts]) for k in keys}
+
+    advantages = None
+    if all(r.advantages is not None for r in rollouts):
+        advantages = torch.cat([_pad_to(r.advantages, T, 0, False) if r.advantages.dim() == 2 else r.advantages
+                                for r in rollouts])
+    logprobs = None
+    if all(r.completions.logprobs is not None for r in rollouts):
+        logprobs = torch.cat([_pad_to(r.completions.logprobs, T, 0, left=False) for r in rollouts])
+    update_mask = torch.cat(parts["update_mask"])
+    return Rollout(
+        samples=samples,
+        prompts=EncodedPrompts(
+            torch.cat(parts["input_ids"]), torch.cat(parts["attention_mask"]),
+            {k: torch.cat(v) for k, v in token_tensors.items()}, image_chunks,
+        ),
+        instance_of=instance_of,
+        completions=Completions(
+            ids=torch.cat(parts["ids"]), mask=torch.cat(parts["mask"]), rows=torch.cat(parts["rows"]),
+            truncated=torch.cat(parts["truncated"]), logprobs=logprobs,
+        ),
+        prompt_index=torch.cat(parts["prompt_index"]),
+        group_ids=torch.cat(parts["group_ids"]),
+        update_rows=torch.cat(parts["update_rows"]),
+        gen_view=gen_view,
+        tags=cat_rows([r.tags for r in rollouts]),
+        texts=texts,
+        scores=cat_rows([r.scores for r in rollouts]),
+        advantages=advantages,
+        extra=cat_rows([r.extra for r in rollouts]),
+        stats={},
+        slot=torch.cat(parts["slot"]),
+        update_mask=None if bool(update_mask.all()) else update_mask,
+        pad_token_id=pad,
+    )
 
 
 def build_instances(
@@ -89,22 +271,39 @@ def collect_rollout(
     temperature: float,
     top_p: float,
     seed_of: Callable[[int, str], int],
-    scoring_views: dict[str, ViewFn] | None = None,
+    scoring_views: dict[str, ViewFn | ScoringView] | None = None,
+    row_seeds: bool = False,
+    engine=None,
 ) -> Rollout:
-    """Encode every needed view once, then generate all completions in one call."""
+    """Encode every needed view once, then generate all completions in one call.
+
+    ``row_seeds``: batch-invariant sampling; completion ``k`` of prompt ``p`` draws its noise from
+    ``seed_of(p, "sample#k")`` (``perceptrl.models.sampling``), so it does not depend on the other
+    rows generated with it. ``engine``: the rollout engine (``perceptrl.models.engines``; None =
+    ``policy.generate``).
+    """
     views: dict[str, ViewFn | None] = {"clean": None}
     for spec in specs:
         views.setdefault(spec.name, spec.view)
-    for name, view in (scoring_views or {}).items():
-        views.setdefault(name, view)
-    prompt_of, view_of, images = build_instances(samples, views, seed_of)
-    texts = [template.instruction(samples[p].problem) for p in prompt_of]
-    encoded = policy.encode(texts, images)
+    per_prompt = sum(spec.count for spec in specs)
+    for name, scoring in (scoring_views or {}).items():
+        scoring = scoring if isinstance(scoring, ScoringView) else ScoringView(scoring)
+        if scoring.per_rollout:
+            for k in range(per_prompt):
+                views.setdefault(f"{name}#{k}", scoring.view)
+        else:
+            views.setdefault(name, scoring.view)
+    with timed("data"):
+        prompt_of, view_of, images = build_instances(samples, views, seed_of)
+        texts = [template.instruction(samples[p].problem) for p in prompt_of]
+    with timed("processor"):
+        encoded = policy.encode(texts, images)
     instance_of = {(p, v): i for i, (p, v) in enumerate(zip(prompt_of, view_of))}
 
-    gen_rows, prompt_index, group_names, update_rows, gen_view = [], [], [], [], []
+    gen_rows, prompt_index, group_names, update_rows, gen_view, slots = [], [], [], [], [], []
     tag_values: dict[str, list[float]] = {k: [] for spec in specs for k in spec.tags}
     for p in range(len(samples)):
+        slot = 0
         for spec in specs:
             for _ in range(spec.count):
                 gen_rows.append(instance_of[(p, spec.name)])
@@ -113,12 +312,26 @@ def collect_rollout(
                 update_view = spec.name if spec.update_view == "self" else spec.update_view
                 update_rows.append(instance_of[(p, update_view)])
                 gen_view.append(spec.name)
+                slots.append(slot)
+                slot += 1
                 for key in tag_values:
                     tag_values[key].append(float(spec.tags.get(key, 0.0)))
     group_lookup: dict[tuple[int, str], int] = {}
     group_ids = [group_lookup.setdefault(g, len(group_lookup)) for g in group_names]
 
-    completions = policy.generate(encoded, gen_rows, max_new_tokens, temperature=temperature, top_p=top_p)
+    seeds = None
+    if row_seeds:
+        seeds = torch.tensor([seed_of(p, f"sample#{k}") for p, k in zip(prompt_index, slots)], dtype=torch.int64)
+    with timed("generate"):
+        if engine is None:
+            extra = {} if seeds is None else {"row_seeds": seeds}
+            completions = policy.generate(encoded, gen_rows, max_new_tokens, temperature=temperature, top_p=top_p,
+                                          **extra)
+        else:
+            completions = engine.generate(encoded, gen_rows, max_new_tokens, temperature, top_p, seeds,
+                                          texts=texts, images=images)
+    with timed("reward"):  # detokenising is part of computing the reward
+        texts = policy.decode(completions.ids, completions.mask)
     return Rollout(
         samples=samples,
         prompts=encoded,
@@ -129,7 +342,9 @@ def collect_rollout(
         update_rows=torch.tensor(update_rows),
         gen_view=gen_view,
         tags={k: torch.tensor(v) for k, v in tag_values.items()},
-        texts=policy.decode(completions.ids, completions.mask),
+        texts=texts,
+        slot=torch.tensor(slots),
+        pad_token_id=int(policy.pad_token_id),
     )
 
 
@@ -138,4 +353,3 @@ def score_rollout(rollout: Rollout, reward_fn) -> None:
     samples = [rollout.samples[int(p)] for p in rollout.prompt_index.tolist()]
     scored = reward_fn(rollout.texts, samples)
     rollout.scores = {k: torch.tensor(v, dtype=torch.float32) for k, v in scored.items()}
-

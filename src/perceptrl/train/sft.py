@@ -18,9 +18,10 @@ from perceptrl.config import Config, save_config
 from perceptrl.data.sources import build_source
 from perceptrl.data.types import Sample
 from perceptrl.eval.evaluate import evaluate_greedy
-from perceptrl.models.loading import save_pretrained, load_policy
+from perceptrl.models.loading import load_policy
 from perceptrl.models.policy import Policy
 from perceptrl.rewards import RewardFunction, get_template
+from perceptrl.train.checkpoint import save_final
 from perceptrl.train.logging import MetricsLogger, progress
 from perceptrl.train.rl import TrainResult, make_optimizer, setup_torch
 
@@ -44,12 +45,12 @@ def encode_targets(policy: Policy, texts: list[str], max_len: int) -> tuple[torc
 
 def sft(config: Config, policy: Policy | None = None) -> TrainResult:
     t_cfg = config.train
+    source = build_source(config.data, t_cfg.seed)  # validates data files before any slow work
     out_dir = Path(t_cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     setup_torch(config)
     policy = policy or load_policy(config.model, config.data.system_prompt)
-    source = build_source(config.data, t_cfg.seed)
     template = get_template(config.data.template)
     reward_fn = RewardFunction(config.data.template, config.reward.accuracy_weight, config.reward.format_weight)
     optimizer = make_optimizer(policy.model, t_cfg)
@@ -95,5 +96,5 @@ def sft(config: Config, policy: Policy | None = None) -> TrainResult:
     logger.log(t_cfg.max_steps, {f"eval/{k}": v for k, v in after.items()})
     logger.close()
     if t_cfg.save_final:
-        save_pretrained(policy.model, policy.processor, out_dir / "final")
+        save_final(policy.model, policy.processor, out_dir)  # atomic: tmp folder, fsync, rename
     return TrainResult(out_dir, before, after, history)

@@ -1,0 +1,133 @@
+"""``perceptrl bench``: seconds per step of every recipe, scaling curves and speed changes.
+
+Examples::
+
+    perceptrl bench --quick                                   # smoke run, under a minute
+    perceptrl bench --sections recipes --recipes grpo papo_g dupl --sizes tiny medium
+    perceptrl bench --sections scaling --sizes tiny medium --repeats 2
+    perceptrl bench --sections speedups --sizes tiny medium
+
+Writes ``<output-dir>/bench.json``, ``bench.png`` (CPU seconds) and ``bench.md`` (tables).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+SECTIONS = ("recipes", "scaling", "speedups")
+
+
+def register(subparsers) -> None:
+    """Add this package's subcommands to the ``perceptrl`` parser."""
+    p = subparsers.add_parser("bench", help="benchmark seconds per step of the recipes (real training loop)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--recipes", nargs="+", default=None, help="recipe names (default: all in recipes/)")
+    p.add_argument("--sizes", nargs="+", default=["tiny", "medium"], help="model sizes (perceptrl.bench.models)")
+    p.add_argument("--recipe-sizes", nargs="+", default=None,
+                   help="for sizes other than the first: only these recipes in the recipes section (GRPO always)")
+    p.add_argument("--speedup-variants", nargs="+", default=None,
+                   help="speed changes to undo in the speedups section (default: all; see perceptrl.bench.suite)")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--completions", type=int, default=8)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=56)
+    p.add_argument("--scaling-prompts", type=int, default=4, help="prompts per step in the scaling section")
+    p.add_argument("--steps", type=int, default=5, help="steps per run, warm-up included")
+    p.add_argument("--warmup", type=int, default=2, help="leading steps of each run not counted")
+    p.add_argument("--repeats", type=int, default=3, help="runs of every case (interleaved)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
+    p.add_argument("--isolate", action="store_true", help="run every case in its own process")
+    p.add_argument("--real-rewards", action="store_true",
+                   help="use the verifier's rewards as they are (an untrained model is never right)")
+    p.add_argument("--output-dir", default="runs/bench")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny model, small batches, under a minute")
+    p.add_argument("--report-from", nargs="+", default=None, metavar="RAW_JSONL",
+                   help="run nothing: summarise the raw.jsonl file(s) of earlier (possibly interrupted) runs")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    import logging
+    import warnings
+
+    from perceptrl.bench.runner import Case
+    from perceptrl.bench.suite import SCALING_AXES, build_cases, load_raw, run_cases, summarise, write_report
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    out_dir = Path(args.output_dir)
+    if args.report_from:
+        cases, results = load_raw([Path(p) for p in args.report_from])
+        loads = [run["load_average"][0] for runs in results.values() for run in runs]
+        first = next(iter(results.values()))[0]
+        meta = {
+            "command": "perceptrl bench --report-from " + " ".join(args.report_from),
+            "repeats": 1 + max(run["repeat"] for runs in results.values() for run in runs),
+            "warmup": first["case"]["warmup"], "measured_steps": first["case"]["steps"] - first["case"]["warmup"],
+            "threads": first["case"]["threads"], "cpus": os.cpu_count(),
+            "load_min": min(loads), "load_max": max(loads), "sources": args.report_from,
+        }
+        return _write(summarise(cases, results, meta), out_dir)
+    scaling_axes = SCALING_AXES
+    if args.quick:
+        args.sizes, args.prompts, args.completions, args.tokens = ["tiny"], 2, 4, 16
+        args.steps, args.warmup, args.repeats, args.scaling_prompts = 2, 1, 1, 2
+        if args.recipes is None:
+            args.recipes = ["grpo"]
+        scaling_axes = {
+            "group_size": ("completions", [2, 4]),
+            "completion_length": ("tokens", [8, 16]),
+            "image_size": ("image_size", [56, 112]),
+        }
+    base = Case(name="base", prompts=args.prompts, completions=args.completions, tokens=args.tokens,
+                image_size=args.image_size, steps=args.steps, warmup=args.warmup, threads=args.threads,
+                coin_flip_rewards=not args.real_rewards)
+    scaling_base = Case(name="scaling", prompts=args.scaling_prompts, completions=8 if not args.quick else 4,
+                        tokens=64 if not args.quick else 16, image_size=56, steps=args.steps, warmup=args.warmup,
+                        threads=args.threads, coin_flip_rewards=not args.real_rewards)
+    recipe_sizes = None
+    if args.recipe_sizes:
+        recipe_sizes = {size: args.recipe_sizes for size in args.sizes[1:]}
+    sections = list(args.sections)
+    if args.quick and "speedups" in sections:
+        sections.remove("speedups")  # two more runs of the same shape: not needed for a smoke test
+    cases = build_cases(sections, args.recipes, args.sizes, base, scaling_base=scaling_base,
+                        scaling_axes=scaling_axes, recipe_sizes=recipe_sizes,
+                        speedup_variants=args.speedup_variants)
+    print(f"perceptrl bench: {len(cases)} cases x {args.repeats} repeats, {args.steps} steps each "
+          f"({args.warmup} warm-up), torch threads {args.threads}", flush=True)
+    loads = [os.getloadavg()[0]]
+    t0 = time.perf_counter()
+
+    def log(line: str) -> None:
+        loads.append(os.getloadavg()[0])
+        print(line, flush=True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = out_dir / "raw.jsonl"
+    raw.unlink(missing_ok=True)
+    results = run_cases(cases, args.repeats, isolate=args.isolate, log=log, raw_path=raw)
+    meta = {
+        "command": "perceptrl bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "perceptrl bench",
+        "repeats": args.repeats, "warmup": args.warmup, "measured_steps": args.steps - args.warmup,
+        "threads": args.threads, "cpus": os.cpu_count(), "load_min": min(loads), "load_max": max(loads),
+        "coin_flip_rewards": not args.real_rewards, "isolate": args.isolate,
+        "total_seconds": time.perf_counter() - t0, "sections": sections,
+    }
+    return _write(summarise(cases, results, meta), out_dir)
+
+
+def _write(report: dict, out_dir: Path) -> int:
+    from perceptrl.bench.report import markdown, plot
+    from perceptrl.bench.suite import write_report
+
+    path = write_report(report, out_dir)
+    png = plot(report, out_dir / "bench.png")
+    (out_dir / "bench.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"wrote {path}" + (f", {png}" if png else "") + f", {out_dir / 'bench.md'}")
+    return 0

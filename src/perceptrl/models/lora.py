@@ -1,0 +1,150 @@
+"""LoRA adapters (peft), gradient checkpointing, and the reference policy that costs no memory.
+
+- :func:`prepare_for_training` applies the ``model`` config's training options to a loaded policy:
+  LoRA adapters on the language model's ``target_modules`` (the vision tower and the projector are
+  left out unless ``include_vision``), and gradient checkpointing.
+- :func:`reference_policy`: the frozen reference for the KL term. With LoRA it is the *same* model
+  with its adapter switched off (``peft``'s ``disable_adapter``), so no second copy is held in
+  memory; without LoRA it is a frozen deep copy (``models.loading.frozen_copy``).
+- :func:`save_final_model`: the end-of-run save. With LoRA: the adapter alone in
+  ``<output_dir>/adapter`` (loadable with ``peft.PeftModel.from_pretrained``) and the merged weights
+  as a plain Hugging Face folder in ``<output_dir>/final`` (loadable without peft).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from perceptrl.models.policy import Policy
+
+# Names of the sub-modules that hold a model's vision side, in the supported families:
+# Qwen2-VL / Qwen2.5-VL / Qwen3-VL ``visual`` (tower and merger), LLaVA-OneVision ``vision_tower``
+# and ``multi_modal_projector``.
+VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "mm_projector")
+ADAPTER_DIR = "adapter"
+
+
+def unwrap(model):
+    """The model under a DDP / DeepSpeed wrapper."""
+    return getattr(model, "module", model)
+
+
+def is_lora(model) -> bool:
+    return hasattr(unwrap(model), "disable_adapter") and hasattr(unwrap(model), "peft_config")
+
+
+def lora_targets(model, target_modules: list[str], include_vision: bool = False) -> list[str]:
+    """Full names of the ``nn.Linear`` layers to adapt: last name in ``target_modules``, vision excluded."""
+    wanted = set(target_modules)
+    names = []
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if not isinstance(module, torch.nn.Linear) or parts[-1] not in wanted:
+            continue
+        if not include_vision and any(part in VISION_PARTS for part in parts):
+            continue
+        names.append(name)
+    if not names:
+        raise ValueError(f"model.lora.target_modules {sorted(wanted)} match no Linear layer of the "
+                         f"{'model' if include_vision else 'language model'}")
+    return names
+
+
+def apply_lora(policy: Policy, lora_cfg) -> Policy:
+    """Wrap ``policy.model`` in a peft LoRA model; only the adapter parameters are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_targets(policy.model, list(lora_cfg.target_modules), lora_cfg.include_vision)
+    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules=targets, bias="none")
+    policy.model = get_peft_model(policy.model, config)
+    return policy
+
+
+def enable_gradient_checkpointing(policy: Policy) -> None:
+    """Recompute each layer's activations in the backward pass (non-reentrant, works with frozen inputs).
+
+    A checkpointed model returns no key/value cache in training mode, so the update scores each
+    row with a full forward instead of sharing its prompt's cache (``Policy.share_prompt_prefix``).
+    """
+    base = policy._base_model()
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    policy.share_prompt_prefix = False
+
+
+def prepare_for_training(policy: Policy, model_cfg) -> Policy:
+    """LoRA and gradient checkpointing as ``model_cfg`` (``config.model``) asks."""
+    if model_cfg.lora.enabled:
+        apply_lora(policy, model_cfg.lora)
+    if model_cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    return policy
+
+
+class AdapterDisabled:
+    """The policy with its LoRA adapter switched off: the base model, sharing every weight.
+
+    Behaves as a :class:`Policy` (``score``, ``generate``; other attributes are the policy's).
+    """
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def score(self, *args, **kwargs):
+        with unwrap(self.policy.model).disable_adapter():
+            return self.policy.score(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        with unwrap(self.policy.model).disable_adapter():
+            return self.policy.generate(*args, **kwargs)
+
+
+def reference_policy(policy: Policy):
+    """The KL reference: the adapter-free base model under LoRA, else a frozen copy."""
+    if is_lora(policy.model):
+        return AdapterDisabled(policy)
+    from perceptrl.models.loading import frozen_copy
+
+    return frozen_copy(policy)
+
+
+def merged_model(model):
+    """A plain transformers model with the LoRA weights merged in (the training model is untouched)."""
+    return copy.deepcopy(unwrap(model)).merge_and_unload()
+
+
+def save_adapter(model, output_dir: str | Path, name: str = ADAPTER_DIR) -> Path:
+    """Save the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) atomically."""
+    from perceptrl.train.checkpoint import _swap_into_place
+
+    output_dir = Path(output_dir)
+    tmp = output_dir / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    unwrap(model).save_pretrained(tmp)
+    target = output_dir / name
+    _swap_into_place(tmp, target)
+    return target
+
+
+def save_final_model(model, processor, output_dir: str | Path) -> Path:
+    """End-of-run save: ``final/`` as a plain HF folder (merged under LoRA) and, under LoRA, ``adapter/``."""
+    from perceptrl.train.checkpoint import save_final
+
+    model = unwrap(model)
+    if not is_lora(model):
+        return save_final(model, processor, output_dir)
+    save_adapter(model, output_dir)
+    return save_final(merged_model(model), processor, output_dir)

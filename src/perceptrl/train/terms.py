@@ -1,0 +1,129 @@
+"""Loss terms of the update, one per job; a recipe's loss is the sum of its terms.
+
+A term is ``term(mb) -> (scalar loss, stats)`` of a :class:`~perceptrl.train.update.MicroBatch`
+(see ``update.py`` for how stats are reduced). Terms that need the model's logits say so with a
+``needs_logits`` attribute, so that the update only keeps them when someone reads them.
+
+- :func:`surrogate_term`: clipped surrogate with clip-higher and dual clip (every recipe).
+- :func:`reference_kl_term`: ``beta * agg(KL(pi || pi_ref))``, k1/k2/k3, optional TRL bias correction.
+- :func:`entropy_bonus_term`: ``- coef * agg(H)``, full-vocabulary entropy with gradient.
+- :class:`PapoPerception`: PAPO's perception KL (maximised) and double entropy loss, with the
+  masked view it needs (a scoring view plus a no-grad forward, or a forward with gradient).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from perceptrl.algorithms.losses import (
+    chunked_entropy,
+    clipped_surrogate,
+    importance_ratio,
+    kl_penalty,
+    masked_mean,
+    perception_kl,
+)
+from perceptrl.train.update import LossTerm, MicroBatch, score_no_grad
+from perceptrl.vision.views import make_view
+
+
+def surrogate_term(eps_low: float, eps_high: float, dual_clip_c: float | None) -> LossTerm:
+    """PPO clipped surrogate (spec section 1), aggregated with the update's mode."""
+
+    def term(mb: MicroBatch):
+        per_token, stats = clipped_surrogate(
+            mb.logprobs, mb.old_logprobs, mb.advantages, mb.mask, eps_low, eps_high, dual_clip_c
+        )
+        return mb.agg(per_token), stats
+
+    return term
+
+
+def reference_kl_term(beta: float, kind: str, bias_correction: bool = False) -> LossTerm:
+    """``+ beta * agg(KL)`` to the frozen reference; ``bias_correction`` multiplies k3 by the
+    importance ratio (TRL's ``use_bias_correction_kl``; gradient flows through the ratio)."""
+
+    def term(mb: MicroBatch):
+        ratio = importance_ratio(mb.logprobs, mb.old_logprobs) if bias_correction else None
+        kl = kl_penalty(mb.logprobs, mb.extra["ref_logprobs"], kind, ratio=ratio)
+        return beta * mb.agg(kl), {"kl_ref": masked_mean(kl.detach(), mb.mask)}
+
+    return term
+
+
+def entropy_bonus_term(coef: float, chunk: int = 64) -> LossTerm:
+    """Subtract ``coef`` times the full-vocabulary entropy (keeps exploring).
+
+    The entropy is computed from the update's logits in activation-checkpointed chunks over T
+    (``chunked_entropy``), so no float32 ``[b, T, V]`` block is kept for the backward pass.
+    """
+
+    def term(mb: MicroBatch):
+        logits = mb.logits if mb.temperature == 1.0 else mb.logits / mb.temperature
+        entropy = chunked_entropy(logits, chunk_size=chunk)
+        return -coef * mb.agg(entropy), {}
+
+    term.needs_logits = True
+    return term
+
+
+class PapoPerception:
+    """PAPO (arXiv 2507.06448; MikeWangWZHL/PAPO): implicit perception loss and double entropy.
+
+    ``loss += -gamma * token_mean(KLprcp) + eta1 * token_mean(-lp) + eta2 * token_mean(-lp_mask)``
+    with ``KLprcp = clamp(exp(d) - d - 1, -10, 10)``, ``d = clamp(lp_mask - lp, -20, 20)``
+    (``algorithms.losses.perception_kl``). ``lp_mask`` scores the same sampled tokens under the
+    masked image, one mask per prompt (shared by its G rollouts, seeded per prompt and step).
+
+    By default ``lp_mask`` is computed once per rollout batch, before the update, without
+    gradient (``RECOMPUTE_AUG_LOG_PROBS = False`` in their code): the gradient flows only through
+    ``lp`` and the ``eta2`` term has none. ``recompute_masked`` re-scores the masked view inside
+    the update, with gradient (one more forward and backward per micro-batch).
+    Logged: ``papo/kl_prcp``, ``papo/entropy`` (``-lp``) and ``papo/masked_entropy`` (``-lp_mask``),
+    the signals of "KL_prcp hacking" together with ``clip_frac_high``.
+    """
+
+    view_name = "papo_masked"
+
+    def __init__(self, gamma: float, eta1: float, eta2: float, patch: int, prob: float,
+                 recompute_masked: bool, kl_clamp_max: float | None, micro_batch_size: int, temperature: float):
+        self.gamma, self.eta1, self.eta2 = gamma, eta1, eta2
+        self.view = make_view("mask_patches", patch=patch, p=prob)
+        self.recompute = recompute_masked
+        self.clamp_max = kl_clamp_max
+        self.micro_batch_size = micro_batch_size
+        self.temperature = temperature
+
+    def scoring_views(self, step: int) -> dict:
+        return {self.view_name: self.view}
+
+    def precompute(self, policy, rollout, step: int) -> None:
+        if not self.recompute:
+            rows = rollout.rows_for_view(self.view_name)
+            rollout.extra["masked_logprobs"] = score_no_grad(
+                policy, rollout, rows, self.micro_batch_size, self.temperature
+            )["logprobs"]
+
+    def masked_logprobs(self, mb: MicroBatch) -> torch.Tensor:
+        if not self.recompute:
+            return mb.extra["masked_logprobs"]
+        rows = mb.rollout.rows_for_view(self.view_name)[mb.rows]
+        comp = mb.rollout.completions
+        return mb.policy.score(mb.rollout.prompts, rows, comp.ids[mb.rows], comp.mask[mb.rows],
+                               temperature=mb.temperature)["logprobs"]
+
+    def __call__(self, mb: MicroBatch):
+        lp = mb.logprobs
+        lp_mask = self.masked_logprobs(mb)
+        kl = perception_kl(lp, lp_mask, self.clamp_max)
+        loss = -self.gamma * mb.token_mean(kl)
+        if self.eta1:
+            loss = loss + self.eta1 * mb.token_mean(-lp)
+        if self.eta2:
+            loss = loss + self.eta2 * mb.token_mean(-lp_mask)
+        stats = {
+            "papo/kl_prcp": masked_mean(kl.detach(), mb.mask),
+            "papo/entropy": masked_mean(-lp.detach(), mb.mask),
+            "papo/masked_entropy": masked_mean(-lp_mask.detach(), mb.mask),
+        }
+        return loss, stats

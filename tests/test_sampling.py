@@ -1,0 +1,106 @@
+"""Batch-invariant sampling: exact Gumbel-max samples, one noise stream per row, any batch."""
+
+import pytest
+import torch
+
+from perceptrl.models.sampling import GumbelSampler, gumbel_argmax, gumbel_noise, uniforms
+
+MASK64 = (1 << 64) - 1
+
+
+def _splitmix_reference(seed: int, n: int) -> list[float]:
+    """SplitMix64 (Steele, Lea and Flood 2014) in plain Python integers."""
+    out, state = [], seed & MASK64
+    for _ in range(n):
+        state = (state + 0x9E3779B97F4A7C15) & MASK64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        z ^= z >> 31
+        out.append(((z >> 11) + 0.5) * 2.0**-53)
+    return out
+
+
+def test_uniforms_are_splitmix64_bit_for_bit():
+    keys = torch.tensor([0, 1, -5, 123456789012345, -(1 << 63), (1 << 63) - 1], dtype=torch.int64)
+    u = uniforms(keys, 9)
+    for key, row in zip(keys.tolist(), u.tolist()):
+        assert row == _splitmix_reference(key, 9)
+    assert 0 < float(u.min()) and float(u.max()) < 1
+
+
+def test_noise_depends_on_row_seed_and_position_only():
+    a = gumbel_noise(torch.tensor([7, 8, 9]), position=3, vocab_size=50)
+    b = gumbel_noise(torch.tensor([9, 7]), position=3, vocab_size=50)
+    assert torch.equal(a[2], b[0]) and torch.equal(a[0], b[1])  # same (seed, position), any batch
+    assert not torch.equal(a[0], gumbel_noise(torch.tensor([7]), position=4, vocab_size=50)[0])
+    assert not torch.equal(a[0], a[1])
+
+
+def test_gumbel_argmax_samples_the_softmax():
+    n = 40_000
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0, -float("inf")])
+    tokens = gumbel_argmax(logits.repeat(n, 1), torch.arange(n), position=0)
+    freq = torch.bincount(tokens, minlength=5).double() / n
+    expected = logits.double().softmax(-1)
+    # 4 standard errors of a binomial proportion at n = 40k
+    assert torch.all((freq - expected).abs() <= 4 * (expected * (1 - expected) / n).sqrt() + 1e-12), (freq, expected)
+    assert freq[4] == 0  # a filtered token is never drawn
+
+
+def test_processor_applies_temperature_and_top_p():
+    n = 40_000
+    scores = torch.tensor([[2.0, 1.0, 0.0, -3.0]]).repeat(n, 1)
+    processor = GumbelSampler(torch.arange(n), prompt_length=5, temperature=0.5, top_p=0.9)
+    out = processor(torch.zeros(n, 7, dtype=torch.long), scores.clone())
+    freq = torch.bincount(out.argmax(-1), minlength=4).double() / n
+    tempered = (scores[0].double() / 0.5).softmax(-1)  # [0.867, 0.117, 0.016, 0.000]: top-p 0.9 keeps two
+    expected = torch.tensor([tempered[0], tempered[1], 0, 0]) / (tempered[0] + tempered[1])
+    assert torch.allclose(freq, expected, atol=0.01), (freq, expected)
+    # position comes from the ids' length: 2 tokens generated so far
+    kept = scores[:3, :2].double() / 0.5 + gumbel_noise(torch.arange(3), 2, 4)[:, :2]
+    assert torch.equal(out[:3, :2], kept) and torch.isinf(out[:, 2:]).all()
+
+
+@pytest.fixture
+def encoded(tiny_policy, rgb_images):
+    texts = ["How many red circles?", "x", "Count the shapes, then answer."]
+    return tiny_policy.encode(texts, [[rgb_images[0]], [rgb_images[1]], [rgb_images[2]]])
+
+
+def test_completions_do_not_depend_on_the_batch(tiny_policy, encoded):
+    rows = torch.tensor([0, 0, 1, 1, 2, 2])
+    seeds = torch.tensor([11, 12, 21, 22, 31, 32])
+    torch.manual_seed(0)
+    whole = tiny_policy.generate(encoded, rows, max_new_tokens=16, top_p=0.95, row_seeds=seeds)
+    torch.manual_seed(1)  # the global RNG plays no part
+    order = torch.tensor([5, 2, 3])
+    part = tiny_policy.generate(encoded, rows[order], max_new_tokens=16, top_p=0.95, row_seeds=seeds[order])
+    for i, r in enumerate(order.tolist()):
+        n = int(whole.mask[r].sum())
+        assert int(part.mask[i].sum()) == n
+        assert torch.equal(part.ids[i, :n], whole.ids[r, :n])
+    assert not torch.equal(whole.ids[0], whole.ids[1])  # rows of one group differ
+
+
+def test_logprobs_are_those_of_the_unperturbed_distribution(tiny_policy, encoded):
+    rows = torch.tensor([0, 0, 1, 2])
+    out = tiny_policy.generate(encoded, rows, max_new_tokens=16, temperature=1.0, return_logprobs=True,
+                               row_seeds=torch.arange(4))
+    with torch.no_grad():
+        scored = tiny_policy.score(encoded, out.rows, out.ids, out.mask)["logprobs"]
+    mask = out.mask.bool()
+    assert torch.allclose(scored[mask], out.logprobs[mask], atol=1e-5)
+
+
+def test_hf_generate_path_samples_the_same_tokens(tiny_policy, encoded):
+    rows, seeds = torch.tensor([0, 1, 2, 2]), torch.tensor([5, 6, 7, 8])
+    fast = tiny_policy.generate(encoded, rows, max_new_tokens=12, temperature=0.8, top_p=0.95, row_seeds=seeds)
+    tiny_policy.fast_generation = False
+    try:
+        slow = tiny_policy.generate(encoded, rows, max_new_tokens=12, temperature=0.8, top_p=0.95, row_seeds=seeds)
+    finally:
+        tiny_policy.fast_generation = True
+    for r in range(len(rows)):
+        n = int(fast.mask[r].sum())
+        assert torch.equal(fast.ids[r, :n], slow.ids[r, :n])
