@@ -35,11 +35,15 @@ warmstart: $(VENV)/.installed
 RESULTS_ARGS := --recipes grpo papo_g noisy_rollout noisy_grpo dupl --seeds 0 1 2 --jobs 2 --threads 1 \
 	--tune-lr 1e-4 3e-4 --tune-steps 20 --output-dir docs/results --runs-dir runs/results \
 	--title "perceptrl: miniature reproduction (5 methods x 3 seeds)" \
-	--set noisy_rollout:noisy_rollout.s_mid=24 \
-	model.path=warmstart "data.families=[count,arith,compare,spatial,pope,text]" data.image_size=112 \
+	--set noisy_rollout:noisy_rollout.s_mid=24 $(RESULTS_DATA)
+RESULTS_DATA := model.path=warmstart "data.families=[count,arith,compare,spatial,pope,text]" data.image_size=112 \
 	data.val_per_family=64 train.max_steps=60 train.prompts_per_step=8 rollout.n=8 rollout.max_new_tokens=32
 results: $(VENV)/.installed
 	$(VENV)/bin/perceptrl compare $(RESULTS_ARGS)
+	# supplement (outside the equal tuning budget): NoisyGRPO at a lower learning rate
+	$(VENV)/bin/perceptrl compare --recipes noisy_grpo --seeds 0 1 2 --jobs 2 --threads 1 \
+		--output-dir docs/results/noisy_grpo_lr3e-5 --runs-dir runs/results_noisy_grpo_lr3e-5 \
+		--title "supplement: NoisyGRPO at lr 3e-5 (outside the equal tuning budget)" $(RESULTS_DATA) train.lr=3e-5
 
 clean:
 	rm -rf $(VENV) runs

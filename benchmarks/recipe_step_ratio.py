@@ -34,9 +34,13 @@ from perceptrl.models.tiny import build_tiny
 from perceptrl.train import rl
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ["grpo", "dr_grpo", "dapo", "papo_g", "papo_d", "noisy_rollout", "noisy_grpo", "dupl", "dupl_released",
-           "vogue", "dupl_dapo", "papo_noisy_rollout"]
-VARIANTS = {"dupl_released": ("dupl", ["dupl.variant=released", "dupl.sigma=0.2"])}
+RECIPES = ["grpo", "grpo_kl", "dr_grpo", "dapo", "papo_g", "papo_g_nokl", "papo_d", "noisy_rollout", "noisy_grpo",
+           "dupl", "dupl_released", "vogue", "dupl_dapo", "papo_noisy_rollout"]
+VARIANTS = {  # name -> (recipe file, overrides): the released DUPL code, and PAPO-G's cost with and without its KL
+    "dupl_released": ("dupl", ["dupl.variant=released", "dupl.sigma=0.2"]),
+    "grpo_kl": ("grpo", ["algorithm.kl_beta=0.01"]),
+    "papo_g_nokl": ("papo_g", ["algorithm.kl_beta=0"]),
+}
 
 
 class HashReward:
@@ -71,11 +75,9 @@ def main(argv=None) -> int:
     for round_ in range(args.rounds):
         for name in args.recipes:
             base, extra = VARIANTS.get(name, (name, []))
-            half = args.completions // 2
             config = load_config(ROOT / "recipes" / f"{base}.yaml", [
                 f"train.max_steps={args.steps}", f"train.prompts_per_step={args.prompts}",
                 f"rollout.n={args.completions}", f"rollout.max_new_tokens={args.tokens}",
-                f"noisy_rollout.n1={half}", f"noisy_rollout.n2={args.completions - half}",
                 "data.val_per_family=1", "train.progress=false", "train.save_final=false", "train.resume=none",
                 f"train.output_dir={out / f'{name}-{round_}'}", f"train.seed={round_}", *extra,
             ])

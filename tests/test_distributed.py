@@ -148,3 +148,38 @@ def test_metrics_merge_over_processes(monkeypatch):
     assert merged["reward"] == pytest.approx(0.75)  # weighted by completions
     assert merged["num_completions"] == 8.0 and merged["response_length/max"] == 12.0
     assert merged["loss"] == pytest.approx(0.3) and merged["dupl/u_per"] == pytest.approx(0.1)
+
+
+def test_idle_micro_batches_change_nothing(tiny):
+    """A process with fewer update rows runs zero-weight micro-batches: its gradient is unchanged."""
+    import copy
+
+    from perceptrl.config import DataConfig
+    from perceptrl.data.sources import build_source
+    from perceptrl.models.policy import Policy
+    from perceptrl.rewards import get_template
+    from perceptrl.train.rollout import GenSpec, collect_rollout
+    from perceptrl.train.terms import entropy_bonus_term, surrogate_term
+    from perceptrl.train.update import UpdateSettings, run_update
+
+    model, processor = tiny
+    source = build_source(DataConfig(image_size=56, val_per_family=1), 0)
+    samples = [source.train_sample(i) for i in range(2)]
+    rollout = collect_rollout(Policy(model, processor), samples, [GenSpec("clean", 3)], get_template("boxed"), 8,
+                              1.0, 1.0, seed_of=lambda p, name: 100 * p + len(name), row_seeds=True)
+    rollout.advantages = torch.linspace(-1, 1, len(rollout))
+    settings = UpdateSettings("token_mean", micro_batch_size=4, max_grad_norm=1.0, max_len=8, need_logits=True,
+                              terms=[surrogate_term(0.2, 0.2, 3.0), entropy_bonus_term(0.01)])
+
+    def update(dist):
+        policy = Policy(copy.deepcopy(model), processor)
+        optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-2)
+        metrics = run_update(policy, optimizer, rollout, settings, dist)
+        return dict(policy.model.named_parameters()), metrics
+
+    plain, plain_metrics = update(None)
+    padded = Distributed()
+    padded.micro_batches = lambda n: n + 2  # as if another process had two more micro-batches
+    idle, idle_metrics = update(padded)
+    assert plain_metrics["grad_norm"] > 0 and idle_metrics["grad_norm"] == plain_metrics["grad_norm"]
+    assert all(torch.equal(plain[k], idle[k]) for k in plain)

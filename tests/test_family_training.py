@@ -36,7 +36,7 @@ def test_masked_view_keeps_the_image_token_count(family, rgb_images):
     policy = Policy(model, processor)
     mask = make_view("mask_patches", patch=14, p=0.6)
     images = [rgb_images[0], rgb_images[2]]
-    enc = policy.encode(["q", "q"], [[img] for img in images] )
+    enc = policy.encode(["q", "q"], [[img] for img in images])
     masked = policy.encode(["q", "q"], [[mask(img, 3)] for img in images])
     assert torch.equal(enc.input_ids, masked.input_ids)  # same tokens, image placeholders included
     for key, chunks in enc.image_chunks.items():

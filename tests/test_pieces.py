@@ -445,7 +445,7 @@ def test_dupl_in_update_shaping_equals_separate_forwards(policy_copy, variant):
     plan.prepare(rollout, 0)
     plan.precompute(tiny_policy, rollout, 0)
     rollout.advantages = torch.tensor([1.0, -0.5, 2.0, -1.0] * (len(rollout) // 4))
-    shaper = DuplShaper(variant, 1.0, 2.0, 0.4, 2.0)
+    shaper = DuplShaper(variant, 1.0, 2.0, 0.4, 2.0, chunk_rows=1)  # several micro-batches and row chunks
     settings = _settings([surrogate_term(0.2, 0.2, 3.0)], [shaper], mbs=3, need_logits=True)
     run_update(tiny_policy, torch.optim.SGD(tiny_policy.model.parameters(), lr=0.0), rollout, settings)
     got = rollout.extra["token_advantages"]
@@ -572,6 +572,7 @@ def test_reference_kl_bias_correction_and_entropy_bonus():
         (["rollout.plan=noise_ladder", "algorithm.adv_estimator=noisy_grpo", "rollout.n=6"], "multiple of the noise ladder"),
         (["papo.gamma=-0.01"], "papo.gamma"),
         (["rollout.plan=noisy_rollout", "noisy_rollout.n1=3", "noisy_rollout.n2=3"], r"n1 \+ noisy_rollout.n2"),
+        (["rollout.plan=noisy_rollout", "noisy_rollout.n1=8"], "noisy_rollout.n2 >= 1"),
         (["dupl.variant=code"], "dupl.variant"),
         (["algorithm.adv_estimator=noisy_grpo"], "noise_ladder"),
         (["rollout.plan=dupl"], "DUPL needs both"),

@@ -25,7 +25,7 @@ from perceptrl.train import rl
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["train.max_steps=3", "data.val_per_family=4", "train.prompts_per_step=2", "rollout.max_new_tokens=12",
-         "rollout.n=4", "noisy_rollout.n1=2", "noisy_rollout.n2=2", "train.progress=false", "train.save_final=false",
+         "rollout.n=4", "train.progress=false", "train.save_final=false",
          "train.resume=none", "filters.max_tries=3"]
 
 COMMON = {"loss", "grad_norm", "entropy", "clip_frac_high", "reward", "accuracy"}

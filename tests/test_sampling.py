@@ -104,3 +104,25 @@ def test_hf_generate_path_samples_the_same_tokens(tiny_policy, encoded):
     for r in range(len(rows)):
         n = int(fast.mask[r].sum())
         assert torch.equal(fast.ids[r, :n], slow.ids[r, :n])
+
+
+def test_engines(tiny_policy, encoded):
+    from perceptrl.config import ConfigError, load_config
+    from perceptrl.models.engines import HFEngine, build_engine
+
+    engine = build_engine("hf", tiny_policy)
+    assert isinstance(engine, HFEngine)
+    engine.sync_weights()  # nothing to copy: generation runs on the training model
+    rows, seeds = torch.tensor([0, 1]), torch.tensor([3, 4])
+    a = engine.generate(encoded, rows, 8, 1.0, 1.0, seeds, texts=None, images=None)
+    b = tiny_policy.generate(encoded, rows, 8, row_seeds=seeds)
+    assert torch.equal(a.ids, b.ids)
+    with pytest.raises(ConfigError, match="rollout.engine"):
+        load_config(None, ["rollout.engine=sglang"])
+    try:
+        import vllm  # noqa: F401
+    except ImportError:  # the usual case here: the message says how to get it
+        from perceptrl.config import ModelConfig
+
+        with pytest.raises(ImportError, match=r"pip install 'perceptrl\[vllm\]'"):
+            build_engine("vllm", tiny_policy, ModelConfig(path="/models/x"))

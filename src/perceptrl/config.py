@@ -116,8 +116,8 @@ class PapoConfig:
 class NoisyRolloutConfig:
     """NoisyRollout (arXiv 2504.13055): n1 clean + n2 noisy rollouts per prompt, one group."""
 
-    n1: int = 6  # rollouts from the clean image; n1 + n2 must equal rollout.n
-    n2: int = 6  # rollouts from the annealed DDPM view (scored and updated on the clean image)
+    n1: int | None = None  # rollouts from the clean image (None: rollout.n - n2, or half of rollout.n; released 6)
+    n2: int | None = None  # rollouts from the annealed DDPM view (None: rollout.n - n1, or half; released 6)
     t_max: int = 500  # DDPM step at full strength: t = int(t_max * eta(s)) (their gaussian_noise_step)
     schedule: str = "sigmoid"  # eta(s): sigmoid (paper) | constant (fixed noise, unstable in their runs) | linear
     lam: float = 30.0  # sigmoid steepness (their decay_coef)
@@ -400,6 +400,18 @@ PLANS = ("clean", "noisy_rollout", "noise_ladder", "dupl")
 ADV_ESTIMATORS = ("grpo", "drgrpo", "noisy_grpo", "dupl")
 
 
+def noisy_rollout_split(config: Config) -> tuple[int, int]:
+    """NoisyRollout's ``(n1, n2)``: as given, or the rest of ``rollout.n`` (half and half if neither is)."""
+    n, nr = config.rollout.n, config.noisy_rollout
+    if nr.n1 is None and nr.n2 is None:
+        return n - n // 2, n // 2
+    if nr.n1 is None:
+        return n - nr.n2, nr.n2
+    if nr.n2 is None:
+        return nr.n1, n - nr.n1
+    return nr.n1, nr.n2
+
+
 def canonical_recipe(name: str) -> str:
     """The recipe a name stands for (``vogue`` -> ``dupl``)."""
     return RECIPE_ALIASES.get(name, name)
@@ -435,9 +447,10 @@ def _method_checks(config: Config) -> list[tuple[bool, str]]:
     if a.adv_estimator in ("drgrpo", "noisy_grpo", "dupl") and r.n < 2:
         checks.append((False, "rollout.n must be >= 2 for a group advantage (a group of one has no baseline)"))
     if r.plan == "noisy_rollout":
+        n1, n2 = noisy_rollout_split(config)
         checks += [
-            (nr.n1 >= 0 and nr.n2 >= 1, "noisy_rollout.n1 must be >= 0 and noisy_rollout.n2 >= 1"),
-            (nr.n1 + nr.n2 == r.n, f"noisy_rollout.n1 + noisy_rollout.n2 ({nr.n1} + {nr.n2}) must equal rollout.n ({r.n})"),
+            (n1 >= 0 and n2 >= 1, f"noisy_rollout.n1 must be >= 0 and noisy_rollout.n2 >= 1 (got {n1} and {n2} for rollout.n {r.n})"),
+            (n1 + n2 == r.n, f"noisy_rollout.n1 + noisy_rollout.n2 ({n1} + {n2}) must equal rollout.n ({r.n})"),
         ]
     if r.plan == "noise_ladder" or a.adv_estimator == "noisy_grpo":
         levels = ng.levels

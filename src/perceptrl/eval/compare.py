@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -215,6 +215,12 @@ def execute(specs: list[RunSpec], jobs: int = 1, show_progress: bool = True,
     skipped = len(specs) - len(todo)
     if skipped:
         say(f"{skipped} of {len(specs)} runs already finished: not run again")
+        for s in specs:
+            if is_finished(s.run_dir):
+                done = json.loads((Path(s.run_dir) / RESULT_FILE).read_text()).get("overrides")
+                if done is not None and done != s.overrides:
+                    say(f"warning: {s.run_dir} finished with other overrides ({' '.join(done)}); "
+                        "delete it (or use another --runs-dir) to run it with the new ones")
     if not todo:
         return {}
     budgets = {s.run_dir: s.max_steps for s in specs}
@@ -394,8 +400,14 @@ def cmd_compare(args) -> int:
     if bad:
         print(f"perceptrl compare: overrides must be key=value, got {bad}", file=sys.stderr)
         return 2
+    try:
+        recipe_overrides = parse_recipe_overrides(args.set)
+        plan_runs(args.recipes, args.seeds, "-", args.overrides, recipe_overrides)  # fail before any work
+    except ValueError as err:
+        print(f"perceptrl compare: {err}", file=sys.stderr)
+        return 2
     data = run_compare(
-        args.recipes, args.seeds, args.output_dir, args.overrides, parse_recipe_overrides(args.set),
+        args.recipes, args.seeds, args.output_dir, args.overrides, recipe_overrides,
         runs_dir=args.runs_dir, jobs=args.jobs, num_threads=args.threads, save_steps=args.save_steps,
         baseline=args.baseline, probe=args.probe, report_only=args.report_only, show_progress=not args.quiet,
         say=say, title=args.title, tune_lrs=args.tune_lr, tune_seed=args.tune_seed, tune_steps=args.tune_steps,
@@ -415,7 +427,7 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "compare", help="several recipes x seeds on the same data and budget, with a report",
-        description=__doc__.split("::")[0].strip() + "\n\n" + __doc__.split("::", 1)[1].strip(),
+        description=(__doc__.split("::")[0].strip() + "\n\n" + __doc__.split("::", 1)[1].strip()).replace("``", "`"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--recipes", nargs="+", required=True, help="recipe names (recipes/<name>.yaml) or YAML paths")

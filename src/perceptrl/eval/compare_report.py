@@ -170,7 +170,7 @@ def verdict(d: dict) -> str:
         return "held (CI above 0)"
     if d["high"] < 0:
         return "reversed (CI below 0)"
-    return "direction held, CI includes 0" if d["mean"] > 0 else "not seen (mean <= 0, CI includes 0)"
+    return "positive, not significant (CI includes 0)" if d["mean"] > 0 else "not seen (mean <= 0, CI includes 0)"
 
 
 def check_claims(by_recipe: dict[str, dict[int, dict]]) -> list[dict]:
@@ -437,7 +437,7 @@ def write_report(data: dict, output_dir: str | Path) -> dict[str, Path]:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "compare.json"}
-    paths["json"].write_text(json.dumps(_safe(data), indent=1))
+    paths["json"].write_text(json.dumps(_safe(data), separators=(",", ":")))
     for name, fn in (("curves", plots.plot_curves), ("families", plots.plot_families),
                      ("differences", plots.plot_differences), ("signals", plots.plot_signals)):
         target = out / f"{name}.png"

@@ -96,7 +96,7 @@ def plot_curves(data: dict, path: str | Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle("training curves: mean over seeds, band = min..max over seeds", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return _save(fig, path, plt) if drawn else _close(fig, plt)
 
 
@@ -169,7 +169,7 @@ def plot_differences(data: dict, path: str | Path) -> Path | None:
 def plot_signals(data: dict, path: str | Path, keys: list[str] | None = None) -> Path | None:
     """The method signals over training (perception KL, entropies, u_per, Kalman gain, noise
     strength, ...): one panel per key, a line per recipe that logs it."""
-    keys = keys or data["signal_keys"]
+    keys = keys or [k for k in data["signal_keys"] if not _constant(data, k)]
     if not keys:
         return None
     plt = _plt()
@@ -186,9 +186,17 @@ def plot_signals(data: dict, path: str | Path, keys: list[str] | None = None) ->
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.suptitle(f"method signals (mean over seeds, band min..max, moving avg {window})", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"method signals (mean over seeds, band min..max, moving avg {window}; constant ones omitted)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / (3.0 * rows)))
     return _save(fig, path, plt)
+
+
+def _constant(data: dict, key: str) -> bool:
+    """A signal that never changes (e.g. a fixed noise ladder, a clip fraction that stays 0)."""
+    values = {round(row[key], 9) for curves in data["curves"].values() for c in curves.values() for row in c
+              if key in row}
+    return len(values) <= 1
 
 
 def _save(fig, path, plt) -> Path:

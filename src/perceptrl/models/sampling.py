@@ -16,7 +16,8 @@ device do not change it (up to floating-point differences in the logits themselv
 
 The stream is computed with 64-bit integer arithmetic on tensors (wrap-around multiplication),
 vectorised over rows and vocabulary, so it costs a few element-wise operations on a ``[R, V]``
-block per generated token and gives the same bits on CPU and GPU.
+block per generated token, and its uniforms are the same integers on any device (the Gumbel
+transform ``-log(-log(u))`` is float64).
 
 Two entry points: :func:`gumbel_argmax` for our own sampling loop, and :class:`GumbelSampler`,
 a ``transformers`` ``LogitsProcessor`` for ``model.generate`` (run it with ``do_sample=False``:

@@ -21,7 +21,8 @@ How the work is split (see docs/SCALING.md):
   barrier. Each process saves its own random states next to the checkpoint (``rng_rank<r>.pt``).
 
 Backends: DDP (gloo on CPU, NCCL on GPU) and DeepSpeed ZeRO-2 (parameters replicated, gradients and
-optimizer states partitioned). Parameter sharding (FSDP, ZeRO-3) is refused with a clear error: it
+optimizer states partitioned). Tested here: DDP on CPU (``tests/test_distributed.py``); the NCCL and
+DeepSpeed paths are written for GPUs and not tested on this project's CPU machines. Parameter sharding (FSDP, ZeRO-3) is refused with a clear error: it
 turns every forward pass into a collective operation, and the rollout's forwards (generation until
 each process's own rows end, evaluation on the main process) are not synchronised across processes.
 """
@@ -29,7 +30,6 @@ each process's own rows end, evaluation on the main process) are not synchronise
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +67,12 @@ class Distributed:
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=False)
         accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
         kind = accelerator.distributed_type.name
+        from perceptrl.config import ConfigError
+
         if kind in ("FSDP", "MEGATRON_LM"):
-            raise NotImplementedError(_SHARDING_MESSAGE.format(what=kind))
+            raise ConfigError(_SHARDING_MESSAGE.format(what=kind))
         if kind == "DEEPSPEED" and accelerator.state.deepspeed_plugin.zero_stage == 3:
-            raise NotImplementedError(_SHARDING_MESSAGE.format(what="DeepSpeed ZeRO-3"))
+            raise ConfigError(_SHARDING_MESSAGE.format(what="DeepSpeed ZeRO-3"))
         return cls(accelerator)
 
     @property
@@ -265,16 +267,6 @@ class Distributed:
 
         set_rng_state(_rng_from_tensors(torch.load(path, weights_only=True, map_location="cpu")))
         return True
-
-    @contextmanager
-    def main_first(self):
-        """Run the block on the main process, then on the others (e.g. cleaning a folder)."""
-        if self.is_main:
-            yield
-            self.barrier()
-        else:
-            self.barrier()
-            yield
 
 
 SUMMED_METRICS = {"num_completions", "update/rows", "dapo/prompts_kept", "dapo/groups_dropped", "dapo/shortfall"}

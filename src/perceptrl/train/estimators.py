@@ -69,7 +69,7 @@ class DuplShaper:
     """
 
     def __init__(self, variant: str, alpha_p: float, beta_p: float, alpha_o: float, beta_o: float,
-                 use_u_per: bool = True, use_u_out: bool = True, chunk_rows: int = 4):
+                 use_u_per: bool = True, use_u_out: bool = True, chunk_rows: int = 16):
         self.variant = variant
         self.alpha_p, self.beta_p, self.alpha_o, self.beta_o = alpha_p, beta_p, alpha_o, beta_o
         self.use_u_per, self.use_u_out = use_u_per, use_u_out
@@ -114,16 +114,18 @@ class DuplShaper:
         picked = mb.rows[noisy.cpu()]
         local = noisy.nonzero().flatten()
         clean_rows = rollout.rows_for_view("clean")
-        scale = 1.0 / mb.temperature
-        # Logits under x for the noisy rows, a few rows at a time: with the update's logits under x'
-        # this is two [rows, T, V] blocks, reduced to [rows, T] at once.
+        # Logits under x for the noisy rows, ``chunk_rows`` at a time: with the update's logits under x'
+        # that is two [rows, T, V] blocks (model dtype), reduced to [rows, T] at once (sym_kl_full
+        # upcasts a few positions at a time).
         for start in range(0, len(picked), self.chunk_rows):
             rows, loc = picked[start : start + self.chunk_rows], local[start : start + self.chunk_rows]
             with torch.no_grad():
                 under_x = mb.policy.score(rollout.prompts, clean_rows[rows], comp.ids[rows], comp.mask[rows],
                                           temperature=mb.temperature, with_logits=True)["logits"]
                 under_noisy = mb.logits[loc].detach()
-                u_per[loc] = sym_kl_full(under_x * scale, under_noisy * scale)
+                if mb.temperature != 1.0:
+                    under_x, under_noisy = under_x / mb.temperature, under_noisy / mb.temperature
+                u_per[loc] = sym_kl_full(under_x, under_noisy)
         return u_out, u_per
 
     def _released(self, mb: MicroBatch, noisy: torch.Tensor):

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from perceptrl.algorithms.schedules import make_schedule
-from perceptrl.config import Config, canonical_recipe
+from perceptrl.config import Config, canonical_recipe, noisy_rollout_split
 from perceptrl.train.estimators import DuplShaper, GroupEstimator, NoisyGrpoEstimator
 from perceptrl.train.filters import DynamicSampling, OverlongMask, OverlongPenalty, single_round
 from perceptrl.train.plans import (
@@ -108,7 +108,8 @@ def build_plan(config: Config) -> Plan:
         nr = config.noisy_rollout
         params = {"sigmoid": {"lam": nr.lam, "s_mid": nr.s_mid}, "constant": {"value": 1.0},
                   "linear": {"start": 1.0, "end": 0.0}}[nr.schedule]
-        return NoisyRolloutPlan(nr.n1, nr.n2, nr.t_max, make_schedule(nr.schedule, t.max_steps, **params))
+        n1, n2 = noisy_rollout_split(config)
+        return NoisyRolloutPlan(n1, n2, nr.t_max, make_schedule(nr.schedule, t.max_steps, **params))
     if r.plan == "noise_ladder":
         ng = config.noisy_grpo
         return LadderPlan(r.n, ng.levels, ng.clean_first_level)

@@ -104,8 +104,7 @@ class Rollout:
     def subset(self, rows: torch.Tensor | list[int]) -> "Rollout":
         """A rollout of the given rows only; prompts and instances no row needs are dropped."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        prompt_rows = self.prompt_index[rows].tolist()
-        old_prompts = sorted(set(prompt_rows))
+        old_prompts = sorted(set(self.prompt_index[rows].tolist()))
         p_map = {old: new for new, old in enumerate(old_prompts)}
         by_instance = sorted(self.instance_of.items(), key=lambda kv: kv[1])
         kept = [(key, i) for key, i in by_instance if key[0] in p_map]
@@ -207,17 +206,18 @@ def merge_rollouts(rollouts: list[Rollout]) -> Rollout:
         i_off += len(enc)
         g_off += int(_dense(r.group_ids).max()) + 1 if len(r) else 0
 
+    def cat(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+        """Per-row tensors joined: ``[R]`` as they are, ``[R, T]`` padded with zeros; None if any is."""
+        if any(t is None for t in tensors):
+            return None
+        return torch.cat([_pad_to(t, T, 0, left=False) if t.dim() == 2 else t for t in tensors])
+
     def cat_rows(dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         keys = set(dicts[0]).intersection(*dicts[1:])
-        return {k: torch.cat([_pad_to(d[k], T, 0, left=False) if d[k].dim() == 2 else d[k] for d in dicts]) for k in keys}
+        return {k: cat([d[k] for d in dicts]) for k in keys}
 
-    advantages = None
-    if all(r.advantages is not None for r in rollouts):
-        advantages = torch.cat([_pad_to(r.advantages, T, 0, False) if r.advantages.dim() == 2 else r.advantages
-                                for r in rollouts])
-    logprobs = None
-    if all(r.completions.logprobs is not None for r in rollouts):
-        logprobs = torch.cat([_pad_to(r.completions.logprobs, T, 0, left=False) for r in rollouts])
+    advantages = cat([r.advantages for r in rollouts])
+    logprobs = cat([r.completions.logprobs for r in rollouts])
     update_mask = torch.cat(parts["update_mask"])
     return Rollout(
         samples=samples,
