@@ -35,9 +35,10 @@ from perceptrl.train import rl
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ["grpo", "grpo_kl", "dr_grpo", "dapo", "papo_g", "papo_g_nokl", "papo_d", "noisy_rollout", "noisy_grpo",
-           "dupl", "dupl_released", "vogue", "dupl_dapo", "papo_noisy_rollout"]
+           "dupl", "dupl_released", "dupl_released_per_rollout", "vogue", "dupl_dapo", "papo_noisy_rollout"]
 VARIANTS = {  # name -> (recipe file, overrides): the released DUPL code, and PAPO-G's cost with and without its KL
     "dupl_released": ("dupl", ["dupl.variant=released", "dupl.sigma=0.2"]),
+    "dupl_released_per_rollout": ("dupl", ["dupl.variant=released", "dupl.sigma=0.2", "dupl.view_per_rollout=true"]),
     "grpo_kl": ("grpo", ["algorithm.kl_beta=0.01"]),
     "papo_g_nokl": ("papo_g", ["algorithm.kl_beta=0"]),
 }

@@ -186,10 +186,12 @@ def test_dupl_released_plan_scores_noisy_view_only_on_noisy_steps():
     plan = DuplReleasedPlan(2, sigma=0.2, branch=branch, micro_batch_size=8, temperature=1.0)
     assert plan.noisy_step(0) and not plan.noisy_step(10)
     assert plan.scoring_views(10) == {}
-    views = plan.scoring_views(0)
-    rollout = collect(FakePolicy(), samples(2), plan.gen_specs(0), scoring=views)
+    rollout = collect(FakePolicy(), samples(2), plan.gen_specs(0), scoring=plan.scoring_views(0))
+    assert len(set(rollout.rows_for_view("dupl_tx").tolist())) == 2  # one T(x) per prompt
+    plan = DuplReleasedPlan(2, sigma=0.2, branch=branch, micro_batch_size=8, temperature=1.0, per_rollout=True)
+    rollout = collect(FakePolicy(), samples(2), plan.gen_specs(0), scoring=plan.scoring_views(0))
     plan.prepare(rollout, 0)
-    # T(x) drawn afresh for every rollout, as their _get_augmented_log_probs: one instance per row
+    # per_rollout: T(x) drawn afresh for every rollout, as their _get_augmented_log_probs
     tx = rollout.rows_for_view("dupl_tx")
     assert len(set(tx.tolist())) == 4
     assert torch.equal(rollout.update_rows, rollout.rows_for_view("clean"))
@@ -580,6 +582,7 @@ def test_reference_kl_bias_correction_and_entropy_bonus():
         (["recipe=vogue"], "recipe dupl"),
         (["filters.max_tries=0"], "filters.max_tries"),
         (["rollout.plan=dupl", "algorithm.adv_estimator=dupl", "papo.gamma=0.02"], "papo with DUPL"),
+        (["dupl.view_per_rollout=true"], "dupl.view_per_rollout"),
     ],
 )
 def test_config_errors_name_the_key(overrides, message):

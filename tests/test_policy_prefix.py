@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from perceptrl.models.families import FAMILY_NAMES, build_tiny_family
-from perceptrl.models.policy import Policy, _sample_categorical, _top_p_filter
+from perceptrl.models.policy import Policy, _sample_categorical, _sample_top_p, _top_p_filter
 
 
 @pytest.fixture(scope="module", params=FAMILY_NAMES)
@@ -103,3 +103,18 @@ def test_categorical_sampler_distribution_and_zero_probabilities():
     counts = torch.bincount(draws, minlength=6).float() / len(draws)
     assert counts[[0, 2, 5]].sum() == 0
     assert torch.allclose(counts, probs[0], atol=0.015)
+
+
+def test_top_p_sampler_draws_from_the_transformers_nucleus():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    torch.manual_seed(1)
+    scores = torch.randn(3, 12) * 2
+    for top_p in (0.5, 0.9):
+        expected = TopPLogitsWarper(top_p)(None, scores.clone()).softmax(-1)  # HF's renormalised nucleus
+        probs = scores.softmax(-1)
+        draws = _sample_top_p(probs.repeat_interleave(20000, dim=0), top_p).view(3, 20000)
+        for r in range(3):
+            freq = torch.bincount(draws[r], minlength=12).float() / 20000
+            assert (freq[expected[r] == 0] == 0).all()
+            assert torch.allclose(freq, expected[r], atol=0.015)

@@ -97,7 +97,8 @@ def test_recipe_trains_three_steps(name, tmp_path, monkeypatch, fresh_policy):
 
 
 def test_dupl_released_variant_trains(tmp_path, monkeypatch, fresh_policy):
-    _, changed, steps = _train("dupl", tmp_path, monkeypatch, fresh_policy, ["dupl.variant=released", "dupl.sigma=0.2"])
+    _, changed, steps = _train("dupl", tmp_path, monkeypatch, fresh_policy,
+                               ["dupl.variant=released", "dupl.sigma=0.2", "dupl.view_per_rollout=true"])
     assert changed and all(math.isfinite(s["loss"]) for s in steps)
     assert steps[0]["dupl/noisy_fraction"] == 1.0 and "dupl/u_per" in steps[0]  # step 0 draws the noisy branch
     assert {s["dupl/noisy_fraction"] for s in steps} <= {0.0, 1.0}  # one draw per step

@@ -148,6 +148,7 @@ class DuplConfig:
     branch_prob: float = 0.5  # p_noi for branch_schedule: constant
     use_u_per: bool = True  # ablation switch for the perceptual bonus
     use_u_out: bool = True  # ablation switch for the output bonus
+    view_per_rollout: bool = False  # released variant: draw T(x) afresh per rollout as their trainer (slower: no shared prompt)
 
 
 @dataclass
@@ -435,6 +436,8 @@ def _method_checks(config: Config) -> list[tuple[bool, str]]:
         (min(d.beta_p, d.beta_o) > 0, "dupl.beta_p and dupl.beta_o must be > 0"),
         (d.branch_schedule in ("linear", "constant"), "dupl.branch_schedule must be linear or constant"),
         (0 <= d.branch_prob <= 1, "dupl.branch_prob must be in [0, 1]"),
+        (not d.view_per_rollout or d.variant == "released",
+         "dupl.view_per_rollout needs dupl.variant: released (the paper generates G rollouts from one x')"),
         (0 <= f.accuracy_low < f.accuracy_high <= 1, "filters.accuracy_low and accuracy_high need 0 <= low < high <= 1"),
         (f.max_tries >= 1, "filters.max_tries must be >= 1"),
         (f.round_prompts >= 0, "filters.round_prompts must be >= 0"),

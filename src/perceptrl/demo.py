@@ -23,9 +23,11 @@ TUNED_LR = {"grpo": 1e-4, "papo_g": 1e-4, "noisy_rollout": 1e-4, "noisy_grpo": 1
 SUITE = ["model.path=warmstart", "data.families=[count,arith,compare,spatial,pope,text]", "data.image_size=112",
          "data.template=boxed"]
 
-# Budget: about 6.5 CPU-minutes, i.e. about 4 minutes of wall time on 2 idle cores (2 runs at a time,
-# 1 thread each), from CPU time per step measured on this machine (docs/RESULTS.md, "Cost"): GRPO 0.47 s,
-# NoisyRollout 0.50, NoisyGRPO 0.60, PAPO 0.66, DUPL 0.80 per step of 8 prompts x 8 completions.
+# Budget: about 6.7 CPU-minutes, i.e. about 4 minutes of wall time on 2 idle cores (2 runs at a time,
+# 1 thread each), sized from the CPU time per step measured on this machine (docs/RESULTS.md,
+# "Compute"): GRPO 0.48 s, NoisyRollout 0.48, NoisyGRPO 0.68, PAPO 0.70, DUPL 0.83 per step of
+# 8 prompts x 8 completions. Measured: 404 CPU-seconds in all; 10 min 50 s of wall time while other
+# jobs kept the load average at 12-14 on the 2 cores (the demo got 62% of one core).
 FULL = dict(steps=120, prompts=8, n=8, val=32, tokens=32)
 QUICK = dict(steps=2, prompts=2, n=4, val=2, tokens=8)
 
@@ -78,6 +80,11 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, jobs: int | Non
     print(render_table(data))
     print("\nOne seed: no confidence intervals; differences of a few points are within seed-to-seed noise "
           "(docs/RESULTS.md has 3 seeds per method).")
+    for recipe, rows in data["table"].items():
+        fmt = rows.get("format_rate", {}).get("mean")
+        if fmt is not None and fmt < 0.5 and not quick:
+            print(f"{recipe}: collapsed (answer format lost, rate {fmt:.2f}); the signals in the report show "
+                  "how, and docs/RESULTS.md explains it.")
     if data["missing"]:
         print(f"missing runs: {', '.join(data['missing'])}")
     print(f"finished in {time.perf_counter() - t0:.0f} s")

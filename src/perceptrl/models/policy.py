@@ -308,10 +308,12 @@ class Policy:
             if do_sample:
                 if temperature != 1.0:
                     scores = scores / temperature
-                if top_p < 1.0:
-                    scores = _top_p_filter(scores, top_p)
                 if row_seeds is not None:
+                    if top_p < 1.0:
+                        scores = _top_p_filter(scores, top_p)
                     next_token = gumbel_argmax(scores, row_seeds, step)
+                elif top_p < 1.0:
+                    next_token = _sample_top_p(scores.softmax(-1), top_p)
                 else:
                     next_token = _sample_categorical(scores.softmax(-1))
             else:
@@ -421,6 +423,23 @@ def _sample_categorical(probs: torch.Tensor) -> torch.Tensor:
     cdf = probs.cumsum(-1)
     u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
+def _sample_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Sample from ``probs`` ``[R, V]`` restricted to its top-p nucleus, renormalised.
+
+    The nucleus is the one of ``transformers``' ``TopPLogitsWarper``: a token is kept when the
+    probability of the tokens more probable than it is below ``top_p`` (so at least the most
+    probable one). One sort, one cumulative sum and an inverse-CDF draw inside the nucleus,
+    instead of filtering the logits and taking a second softmax.
+    """
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    cdf = sorted_probs.cumsum(-1)
+    kept = ((cdf - sorted_probs) < top_p).sum(-1, keepdim=True).clamp_(min=1)  # nucleus size per row
+    mass = cdf.gather(-1, kept - 1)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * mass
+    pick = torch.minimum(torch.searchsorted(cdf, u, right=True), kept - 1)
+    return order.gather(-1, pick).squeeze(1)
 
 
 @functools.lru_cache(maxsize=None)

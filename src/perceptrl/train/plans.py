@@ -161,24 +161,28 @@ class DuplReleasedPlan(Plan):
     """DUPL as released (ruiiu/DUPL): G rollouts from ``x`` only, always updated on ``x``.
 
     One Bernoulli(``p_noi(s)``) draw per step picks the branch. When it picks the noisy one, the
-    completions are re-scored under ``T(x)`` (teacher-forced, no gradient), with ``T(x)`` drawn
-    afresh for every rollout as in their ``_get_augmented_log_probs``; otherwise no extra forward
-    runs at all (nothing would read it). Logged: ``dupl/p_noi`` and ``dupl/noisy_fraction`` (0 or 1).
+    completions are re-scored under ``T(x)`` (teacher-forced, no gradient); otherwise no extra
+    forward runs at all (nothing would read it). ``T(x)`` is drawn once per prompt and step, like
+    every view here, so the re-scoring shares each prompt's forward among its G rows;
+    ``per_rollout`` draws it afresh for every rollout as their ``_get_augmented_log_probs`` does
+    (one unshared prompt forward per row). Logged: ``dupl/p_noi``, ``dupl/noisy_fraction`` (0 or 1).
     """
 
     view_name = "dupl_tx"
 
-    def __init__(self, n: int, sigma: float, branch: BranchSchedule, micro_batch_size: int, temperature: float):
+    def __init__(self, n: int, sigma: float, branch: BranchSchedule, micro_batch_size: int, temperature: float,
+                 per_rollout: bool = False):
         super().__init__(n)
         self.view = make_view("vogue", sigma=sigma)
         self.branch = branch
         self.micro_batch_size, self.temperature = micro_batch_size, temperature
+        self.per_rollout = per_rollout
 
     def noisy_step(self, step: int) -> bool:
         return bool(self.branch.draw(step, (1,))[0])
 
     def scoring_views(self, step: int) -> dict:
-        return {self.view_name: ScoringView(self.view, per_rollout=True)} if self.noisy_step(step) else {}
+        return {self.view_name: ScoringView(self.view, self.per_rollout)} if self.noisy_step(step) else {}
 
     def prepare(self, rollout: Rollout, step: int) -> None:
         noisy = self.noisy_step(step)

@@ -118,7 +118,7 @@ def build_plan(config: Config) -> Plan:
         branch = BranchSchedule(d.branch_schedule, t.max_steps, d.branch_prob, t.seed)
         if d.variant == "paper":
             return DuplPaperPlan(r.n, d.sigma, branch)
-        return DuplReleasedPlan(r.n, d.sigma, branch, t.micro_batch_size, r.temperature)
+        return DuplReleasedPlan(r.n, d.sigma, branch, t.micro_batch_size, r.temperature, d.view_per_rollout)
     return CleanPlan(r.n)
 
 
