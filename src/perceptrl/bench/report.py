@@ -9,6 +9,7 @@ from perceptrl.bench.suite import PHASES
 TARGETS = {  # recipe -> most step time relative to GRPO (issue 6)
     "papo_g_nokl": 1.25,
     "dupl_released": 1.3,
+    "dupl_released_noisy": 1.3,
     "noisy_rollout": 1.05,
     "dupl": 2.1,
 }
@@ -30,11 +31,17 @@ def plot(report: dict, path: Path, clock: str = "cpu") -> Path | None:
     recipe_sizes = list(report.get("recipes", {}))
     scaling_sizes = list(report.get("scaling", {}))
     axes_names = sorted({a for s in scaling_sizes for a in report["scaling"][s]})
-    n_panels = len(recipe_sizes) + len(axes_names)
-    if n_panels == 0:
+    if not recipe_sizes and not axes_names:
         return None
-    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4.5), squeeze=False)
-    axes = axes[0]
+    # Row 1: the step split of every recipe, one panel per size; row 2: one panel per scaling axis.
+    n_rows = int(bool(recipe_sizes)) + int(bool(axes_names))
+    n_cols = max(len(recipe_sizes), len(axes_names), 1)
+    fig, grid = plt.subplots(n_rows, n_cols, figsize=(6.5 * n_cols, 5.0 * n_rows), squeeze=False)
+    axes = list(grid[0][: len(recipe_sizes)]) + list(grid[-1][: len(axes_names)])
+    for row in grid:
+        for ax in row:
+            if ax not in axes:
+                ax.set_visible(False)
     seconds = "CPU seconds" if clock == "cpu" else "seconds"
     colors = plt.get_cmap("tab10")
     for i, size in enumerate(recipe_sizes):
@@ -52,8 +59,8 @@ def plot(report: dict, path: Path, clock: str = "cpu") -> Path | None:
         ax.set_title(f"{size} ({params / 1e6:.1f} M params), {case['prompts']}x{case['completions']}x{case['tokens']}")
         ax.set_ylabel(f"{seconds} per step")
         ax.tick_params(axis="x", rotation=60)
-        if i == 0:
-            ax.legend(fontsize=7)
+        if i == len(recipe_sizes) - 1:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     for k, axis in enumerate(axes_names):
         ax = axes[len(recipe_sizes) + k]
         for m, size in enumerate(scaling_sizes):

@@ -34,6 +34,8 @@ from perceptrl.bench.runner import Case, run_case, run_case_subprocess
 # Recipe variants without a YAML of their own: (base recipe, overrides).
 VIRTUAL_RECIPES: dict[str, tuple[str, list[str]]] = {
     "dupl_released": ("dupl", ["dupl.variant=released"]),  # released-code DUPL (ruiiu/DUPL)
+    # ... with the noisy branch drawn at every step: the re-scoring under T(x) always runs (worst case)
+    "dupl_released_noisy": ("dupl", ["dupl.variant=released", "dupl.branch_schedule=constant", "dupl.branch_prob=1.0"]),
     "papo_g_nokl": ("papo_g", ["algorithm.kl_beta=0.0"]),  # PAPO's masked branch alone, no reference model
 }
 
