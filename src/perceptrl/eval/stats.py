@@ -101,25 +101,26 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prob_all_wrong
 
 
-def mean_pass_at_k(n: int | Sequence[int], correct: Sequence[int], k: int) -> float:
-    """Mean of :func:`pass_at_k` over problems; ``n`` is one count for all problems or one each."""
+def _per_problem(n: int | Sequence[int], correct: Sequence[int], caller: str) -> tuple[list, list]:
+    """Sample counts and correct counts, one each per problem (``n`` may be one count for all)."""
     counts = list(correct)
     if not counts:
-        raise ValueError("mean_pass_at_k needs at least one problem")
+        raise ValueError(f"{caller} needs at least one problem")
     ns = [n] * len(counts) if isinstance(n, (int, np.integer)) else list(n)
     if len(ns) != len(counts):
         raise ValueError(f"got {len(ns)} sample counts for {len(counts)} problems")
+    return ns, counts
+
+
+def mean_pass_at_k(n: int | Sequence[int], correct: Sequence[int], k: int) -> float:
+    """Mean of :func:`pass_at_k` over problems; ``n`` is one count for all problems or one each."""
+    ns, counts = _per_problem(n, correct, "mean_pass_at_k")
     return float(sum(pass_at_k(ni, ci, k) for ni, ci in zip(ns, counts)) / len(counts))
 
 
 def avg_at_k(n: int | Sequence[int], correct: Sequence[int]) -> float:
     """avg@k: the mean over problems of ``c_i / n_i`` (accuracy of ``n`` samples per problem)."""
-    counts = list(correct)
-    if not counts:
-        raise ValueError("avg_at_k needs at least one problem")
-    ns = [n] * len(counts) if isinstance(n, (int, np.integer)) else list(n)
-    if len(ns) != len(counts):
-        raise ValueError(f"got {len(ns)} sample counts for {len(counts)} problems")
+    ns, counts = _per_problem(n, correct, "avg_at_k")
     total = 0.0
     for ni, ci in zip(ns, counts):
         ni, ci = _check_count("n", ni, 1), _check_count("c", ci, 0)

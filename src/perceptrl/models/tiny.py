@@ -61,8 +61,8 @@ class TinyConfig:
     max_pixels: int = 224 * 224
 
 
-def build_tokenizer():
-    """Byte-level BPE tokenizer with no merges: 256 byte symbols plus Qwen's special tokens."""
+def build_byte_tokenizer(special_tokens, eos_token: str, pad_token: str, chat_template: str):
+    """Byte-level BPE tokenizer with no merges: 256 byte symbols, then ``special_tokens`` in order."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import PreTrainedTokenizerFast
@@ -71,16 +71,21 @@ def build_tokenizer():
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(list(SPECIAL_TOKENS))
+    core.add_special_tokens(list(special_tokens))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        eos_token=eos_token,
+        pad_token=pad_token,
+        additional_special_tokens=[t for t in special_tokens if t not in (eos_token, pad_token)],
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def build_tokenizer():
+    """The tiny Qwen2.5-VL's tokenizer: 256 byte symbols plus Qwen's special tokens."""
+    return build_byte_tokenizer(SPECIAL_TOKENS, "<|im_end|>", "<|endoftext|>", CHAT_TEMPLATE)
 
 
 def build_model_config(tokenizer, cfg: TinyConfig):
