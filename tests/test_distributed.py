@@ -9,6 +9,12 @@ Measured on the 2-core CI machine (3 steps of PAPO-G at lr 1e-3 with an entropy 
 random-weight tiny model gets a gradient without any reward): max |w_1proc - w_2proc| = 5.0e-6,
 while the parameters moved by 3.0e-3. With the global-RNG sampler (``rollout.batch_invariant=false``)
 the same comparison gives 6.0e-3: the completions differ. TOLERANCE sits between the two.
+
+FSDP2 (``fully_shard`` through accelerate, gloo on CPU; ``FSDP_ENV``) runs the same comparison:
+the update on sharded parameters (reduce-scatter after every micro-batch), generation, the KL
+reference, PAPO's masked view and evaluation on weights gathered once per step
+(``Distributed.full_weights``). Measured: 3.9e-6 (LoRA, padding micro-batches, clipping: 2.5e-7).
+Without the gathering, the processes' unpaired forwards deadlock (the launch timeout fails the test).
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ from perceptrl.train.rl import train
 
 TOLERANCE = 1e-4  # max abs parameter difference, 1 vs 2 processes (measured 5e-6; unsynchronised sampling 6e-3)
 
+# FSDP2 on CPU processes: the variables ``accelerate launch --config_file configs/accelerate/fsdp.yaml``
+# sets (perceptrl switches accelerate's CPU state to FSDP, see ``distributed._fsdp_on_cpu``).
+FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}
+FSDP_TIMEOUT = 240  # a run takes ~15 s; a deadlock (unpaired sharded forwards) fails instead of hanging
+
 SETTINGS = [
     "train.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=16", "data.val_per_family=2",
     "train.progress=false", "train.lr=1e-3", "train.num_threads=1",
@@ -45,12 +56,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(nproc: int, out_dir, *overrides: str) -> subprocess.CompletedProcess:
+def launch(nproc: int, out_dir, *overrides: str, env: dict | None = None, timeout: int = 600
+           ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            f"--master_port={_free_port()}", "-m", "perceptrl.cli", "train", "recipes/papo_g.yaml",
            *SETTINGS, f"train.output_dir={out_dir}", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
 
@@ -71,25 +83,47 @@ def two_process_run(tmp_path_factory):
     return out, done
 
 
-def test_two_processes_match_one(two_process_run, tmp_path):
-    two, done = two_process_run
-    assert done.stdout.count("held-out greedy accuracy") == 1  # reported once, by the main process
+def one_process(out_dir, *overrides: str):
+    """The same run in this process, on one thread as each process of a 2-process run."""
     threads = torch.get_num_threads()
-    try:  # one thread, as each process of the 2-process run (train.num_threads)
-        one = train(load_config("recipes/papo_g.yaml", SETTINGS + ["train.max_steps=3", f"train.output_dir={tmp_path}"]))
+    try:
+        return train(load_config("recipes/papo_g.yaml", [*SETTINGS, "train.max_steps=3", f"train.output_dir={out_dir}",
+                                                         *overrides]))
     finally:
         torch.set_num_threads(threads)
-    a, b = weights(one.output_dir), weights(two)
-    initial = weights_at_start(tmp_path / "start")
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """(output folder, initial weights) of the 1-process run every 2-process layout is compared with."""
+    out = tmp_path_factory.mktemp("one")
+    return one_process(out / "run").output_dir, weights_at_start(out / "start")
+
+
+def assert_same_run(one, two, initial, check_grad_norm: bool = True) -> float:
+    """Same parameters (to TOLERANCE) and the same global metrics; returns the parameter difference."""
+    a, b = weights(one), weights(two)
     assert max_diff(a, initial) > 30 * TOLERANCE  # the runs did train
-    assert max_diff(a, b) <= TOLERANCE
+    diff = max_diff(a, b)
+    assert diff <= TOLERANCE
     # metrics logged once, global over both processes: 16 completions per step, same losses
     rows_two = [r for r in read_metrics(two) if "loss" in r]
-    rows_one = [r for r in read_metrics(one.output_dir) if "loss" in r]
+    rows_one = [r for r in read_metrics(one) if "loss" in r]
     assert [r["num_completions"] for r in rows_two] == [16.0] * 3
     for r1, r2 in zip(rows_one, rows_two, strict=True):
         assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-5, abs=1e-7)
         assert r1["reward"] == pytest.approx(r2["reward"])
+        if check_grad_norm:  # the gradient of the whole batch: loss scaling, reduction and clipping
+            assert r1["grad_norm"] == pytest.approx(r2["grad_norm"], rel=1e-4)
+    return diff
+
+
+def test_two_processes_match_one(two_process_run, one_process_run):
+    two, done = two_process_run
+    assert done.stdout.count("held-out greedy accuracy") == 1  # reported once, by the main process
+    assert "processes: 2 processes, DDP (gloo)" in done.stdout
+    one, initial = one_process_run
+    assert_same_run(one, two, initial)
 
 
 def test_two_process_resume_continues_exactly(two_process_run, tmp_path):
@@ -103,6 +137,73 @@ def test_two_process_resume_continues_exactly(two_process_run, tmp_path):
     launch(2, resumed, "train.max_steps=3", "train.save_steps=2")
     assert max_diff(weights(resumed), weights(two)) == 0.0
     assert [r["step"] for r in read_metrics(resumed) if "loss" in r] == [3]
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp") / "run"
+    done = launch(2, out, "train.max_steps=3", "train.save_steps=2", env=FSDP_ENV, timeout=FSDP_TIMEOUT)
+    return out, done
+
+
+def test_fsdp_two_processes_match_one(fsdp_run, one_process_run):
+    """PAPO-G under FSDP2: sharded update; generation, KL reference (a frozen copy), masked view on gathered weights."""
+    two, done = fsdp_run
+    assert done.stdout.count("held-out greedy accuracy") == 1
+    assert "processes: 2 processes, FSDP2 (gloo)" in done.stdout  # not a silent fallback to plain CPU processes
+    one, initial = one_process_run
+    assert_same_run(one, two, initial)
+    final = weights(two)
+    assert all(t.shape == initial[k].shape for k, t in final.items())  # the full tensors, not a shard
+
+
+def test_fsdp_checkpoint_is_full_and_resumes_exactly(fsdp_run, tmp_path):
+    two, _ = fsdp_run
+    checkpoint = two / "checkpoint-2"
+    # the files of a 1-process checkpoint: full tensors (not a process's shard), tied weights once,
+    # and the state of a plain optimizer over the model's parameters
+    from perceptrl.models.loading import load_model_and_processor
+    from perceptrl.train.checkpoint import _state_dict_for_safetensors
+
+    model = load_model_and_processor("tiny")[0]
+    expected, params = _state_dict_for_safetensors(model), list(model.parameters())
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    assert saved.keys() == expected.keys() and all(saved[k].shape == expected[k].shape for k in saved)
+    optimizer = torch.load(checkpoint / "trainer_state.pt", weights_only=True)["optimizer"]
+    assert sorted(optimizer["state"]) == list(range(len(params)))
+    assert all(optimizer["state"][i]["exp_avg"].shape == p.shape for i, p in enumerate(params))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(checkpoint, resumed / "checkpoint-2")
+    shutil.copy(two / "config.yaml", resumed / "config.yaml")
+    launch(2, resumed, "train.max_steps=3", "train.save_steps=2", env=FSDP_ENV, timeout=FSDP_TIMEOUT)
+    assert max_diff(weights(resumed), weights(two)) == 0.0
+    assert [r["step"] for r in read_metrics(resumed) if "loss" in r] == [3]
+
+
+def test_fsdp_lora_with_padding_micro_batches_matches_one(tmp_path):
+    """LoRA under FSDP2 (reference: the adapter switched off), DAPO's overlong mask leaving a process
+    with fewer update rows (zero-weight padding micro-batches), gradient checkpointing, and
+    gradient clipping over the sharded gradients (max_grad_norm below the gradient norm)."""
+    settings = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8", "filters.overlong_mask=true",
+                "rollout.max_new_tokens=24", "model.gradient_checkpointing=true", "train.lr=3e-3",
+                "train.max_grad_norm=0.005"]
+    two = tmp_path / "two"
+    launch(2, two, "train.max_steps=3", *settings, env=FSDP_ENV, timeout=FSDP_TIMEOUT)
+    one = one_process(tmp_path / "one", *settings).output_dir
+    # Truncated rows are masked: 1 to 3 update rows per step in all (measured: at steps 1 and 3 one
+    # process has none and runs a padding micro-batch while the other trains on its rows).
+    rows_two = [r for r in read_metrics(two) if "loss" in r]
+    assert min(r["update/rows"] for r in rows_two) < 16 and max(r["update/rows"] for r in rows_two) > 0
+    assert min(r["grad_norm"] for r in rows_two) > 0.005  # clipped at every step
+    for r1, r2 in zip([r for r in read_metrics(one) if "loss" in r], rows_two, strict=True):
+        assert r1["grad_norm"] == pytest.approx(r2["grad_norm"], rel=1e-4)
+    a, b = weights(one), weights(two)
+    initial = weights_at_start(tmp_path / "start")
+    assert max_diff(a, initial) > 30 * TOLERANCE
+    assert max_diff(a, b) <= TOLERANCE
+    adapter = [load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (one, two)]
+    assert max_diff(*adapter) <= TOLERANCE
 
 
 def weights_at_start(out_dir) -> dict[str, torch.Tensor]:
@@ -129,9 +230,25 @@ def test_prompts_per_step_must_divide_by_world_size():
     dist.check_divisible(4)
 
 
+def test_sharded_backends_refuse_update_forwards_that_differ_between_processes():
+    dist = Distributed()
+    dist.world_size, dist.fsdp = 2, True
+    dist.check(load_config("recipes/papo_g.yaml", ["train.prompts_per_step=4"]))
+    for recipe, overrides, match in [("papo_g", ["rollout.engine=vllm"], "rollout.engine"),
+                                     ("papo_g", ["papo.recompute_masked=true"], "recompute_masked"),
+                                     ("dupl", [], "use_u_per")]:  # the paper variant
+        config = load_config(f"recipes/{recipe}.yaml", overrides)
+        with pytest.raises(ConfigError, match=match):
+            dist.check(config)
+    dist.fsdp = False  # DDP runs them
+    dist.check(load_config("recipes/papo_g.yaml", ["papo.recompute_masked=true"]))
+
+
 def test_single_process_wrapper_is_inert():
     dist = Distributed()
-    assert not dist.enabled and dist.is_main and dist.device is None
+    assert not dist.enabled and dist.is_main and dist.device is None and dist.describe() == "1 process"
+    with dist.full_weights():
+        pass
     assert dist.all_reduce_sum(2.5) == 2.5 and dist.all_reduce_max(3) == 3
     assert dist.gather_objects({"a": 1}) == [{"a": 1}]
     assert dist.reduce_metrics({"reward": 0.5}) == {"reward": 0.5}

@@ -48,6 +48,8 @@ def cmd_train(args) -> int:
     result = train(config)
     if result.is_main:  # one report from a multi-process run
         print_before_after(config.recipe, result.before, result.after, result.output_dir)
+        if result.layout != "1 process":
+            print(f"processes: {result.layout}")
     return 0
 
 

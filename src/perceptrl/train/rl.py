@@ -63,6 +63,7 @@ class TrainResult:
     after: dict
     history: list[dict]
     is_main: bool = True  # False on the other processes of a multi-process run (they hold no evaluation)
+    layout: str = "1 process"  # how the run was split, e.g. "2 processes, FSDP2 (gloo)"
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,7 +74,7 @@ def train(config: Config, policy=None) -> TrainResult:
     """Run RL training as ``config`` says; returns held-out accuracy before and after."""
     t_cfg, r_cfg = config.train, config.rollout
     dist = Distributed.from_environment()  # several processes: each takes a slice of every step's prompts
-    dist.check(t_cfg)  # prompts_per_step divisible by the number of processes, ...
+    dist.check(config)  # prompts_per_step divisible by the number of processes, ...
     source = build_source(config.data, t_cfg.seed)  # validates data files before any slow work
     out_dir = Path(t_cfg.output_dir)
     if dist.is_main:
@@ -90,19 +91,20 @@ def train(config: Config, policy=None) -> TrainResult:
     recipe = build_recipe(config)
     optimizer = make_optimizer(policy.model, t_cfg)
     scheduler = make_scheduler(optimizer, t_cfg)
-    policy.model, optimizer = dist.prepare(policy.model, optimizer)  # DDP / DeepSpeed wrapper, or as is
+    policy.model, optimizer = dist.prepare(policy.model, optimizer)  # DDP / FSDP / DeepSpeed wrapper, or as is
     val = source.val_samples()
 
-    def evaluate() -> dict:  # on the main process; the others wait
-        result = evaluate_greedy(policy, val, template, reward_fn, r_cfg.max_new_tokens) if dist.is_main else {}
-        dist.barrier()
+    def evaluate() -> dict:  # on the main process; the others wait (on full weights, if sharded)
+        with dist.full_weights(policy):
+            result = evaluate_greedy(policy, val, template, reward_fn, r_cfg.max_new_tokens) if dist.is_main else {}
+            dist.barrier()
         return result
 
     # Resume from the newest complete checkpoint, or start fresh.
     start_step, data_position, bad_steps, skipped_steps, before = 0, 0, 0, 0, None
     checkpoint = dist.broadcast_object(find_resume_checkpoint(out_dir, t_cfg.resume) if dist.is_main else None)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, dist.unwrap(policy.model), optimizer, scheduler)
+        state = load_checkpoint(checkpoint, *dist.loading_views(policy.model, optimizer), scheduler)
         dist.restore_rng(checkpoint)  # each process its own random states
         start_step, data_position = state["step"], state["data_position"]
         bad_steps, before = state.get("bad_steps", 0), state.get("eval_before")
@@ -125,46 +127,48 @@ def train(config: Config, policy=None) -> TrainResult:
         torch.manual_seed(step_seed(t_cfg.seed, step))
 
         # 1. Rollout: generate G completions per prompt from the views the recipe asks for.
-        engine.sync_weights()  # vllm: copy the current weights in (hf generates with the policy itself)
-        first = 0  # global data position of the first prompt this process is rolling out
+        # Rollout-side forwards run on full weights (sharded backends gather them; all processes enter).
+        with dist.full_weights(policy):
+            engine.sync_weights()  # vllm: copy the current weights in (hf generates with the policy itself)
+            first = 0  # global data position of the first prompt this process is rolling out
 
-        def next_prompts(n: int) -> list:  # this process's slice of the next n * world_size prompts
-            nonlocal data_position, first
-            first = data_position + dist.rank * n
-            with timed("data"):
-                batch = [source.train_sample(first + i) for i in range(n)]
-            data_position += n * dist.world_size
-            return batch
+            def next_prompts(n: int) -> list:  # this process's slice of the next n * world_size prompts
+                nonlocal data_position, first
+                first = data_position + dist.rank * n
+                with timed("data"):
+                    batch = [source.train_sample(first + i) for i in range(n)]
+                data_position += n * dist.world_size
+                return batch
 
-        def rollout_once(samples):
-            rollout = collect_rollout(
-                policy, samples, recipe.gen_specs(step), template, r_cfg.max_new_tokens,
-                r_cfg.temperature, r_cfg.top_p,
-                seed_of=lambda p, name, first=first: step_seed(t_cfg.seed, step, first + p, hash_name(name)),
-                scoring_views=recipe.scoring_views(step),
-                row_seeds=r_cfg.batch_invariant, engine=engine,
-            )
-            with timed("reward"):
-                score_rollout(rollout, reward_fn)  # 2. Score: verifiable reward per completion.
-            return rollout
+            def rollout_once(samples):
+                rollout = collect_rollout(
+                    policy, samples, recipe.gen_specs(step), template, r_cfg.max_new_tokens,
+                    r_cfg.temperature, r_cfg.top_p,
+                    seed_of=lambda p, name, first=first: step_seed(t_cfg.seed, step, first + p, hash_name(name)),
+                    scoring_views=recipe.scoring_views(step),
+                    row_seeds=r_cfg.batch_invariant, engine=engine,
+                )
+                with timed("reward"):
+                    score_rollout(rollout, reward_fn)  # 2. Score: verifiable reward per completion.
+                return rollout
 
-        rollout = recipe.sample(next_prompts, rollout_once, t_cfg.prompts_per_step // dist.world_size, step)
-        data_position = dist.all_reduce_max(data_position)  # DAPO's rounds may differ between processes
-        t_gen = time.perf_counter()
+            rollout = recipe.sample(next_prompts, rollout_once, t_cfg.prompts_per_step // dist.world_size, step)
+            data_position = dist.all_reduce_max(data_position)  # DAPO's rounds may differ between processes
+            t_gen = time.perf_counter()
 
-        # 3. Extra forwards without gradient: reference, old policy, extra views.
-        if reference is not None:
-            with timed("scoring/reference"):
-                rollout.extra["ref_logprobs"] = score_no_grad(
-                    reference, rollout, rollout.update_rows, t_cfg.micro_batch_size, r_cfg.temperature
-                )["logprobs"]
-        if t_cfg.ppo_epochs > 1:
-            with timed("scoring/old"):
-                rollout.extra["old_logprobs"] = score_no_grad(
-                    policy, rollout, rollout.update_rows, t_cfg.micro_batch_size, r_cfg.temperature
-                )["logprobs"]
-        with timed("scoring/extra_views"):
-            recipe.precompute(policy, rollout, step)
+            # 3. Extra forwards without gradient: reference, old policy, extra views.
+            if reference is not None:
+                with timed("scoring/reference"):
+                    rollout.extra["ref_logprobs"] = score_no_grad(
+                        reference, rollout, rollout.update_rows, t_cfg.micro_batch_size, r_cfg.temperature
+                    )["logprobs"]
+            if t_cfg.ppo_epochs > 1:
+                with timed("scoring/old"):
+                    rollout.extra["old_logprobs"] = score_no_grad(
+                        policy, rollout, rollout.update_rows, t_cfg.micro_batch_size, r_cfg.temperature
+                    )["logprobs"]
+            with timed("scoring/extra_views"):
+                recipe.precompute(policy, rollout, step)
         t_score = time.perf_counter()
 
         # 4. Advantage.
@@ -215,9 +219,10 @@ def train(config: Config, policy=None) -> TrainResult:
             logger.log(step + 1, metrics)
         if t_cfg.save_steps and (step + 1) % t_cfg.save_steps == 0 and fault is None:
             rng_states = dist.gather_rng_states()  # every process's, written beside the main one's
+            model_state, optimizer_state = dist.saving_views(policy.model, optimizer)  # FSDP: gathered to main
             if dist.is_main:
                 save_checkpoint(
-                    out_dir, step + 1, dist.unwrap(policy.model), optimizer, scheduler,
+                    out_dir, step + 1, model_state, optimizer_state, scheduler,
                     {"data_position": data_position, "bad_steps": bad_steps, "skipped_steps": skipped_steps,
                      "eval_before": before},
                     keep=t_cfg.save_total_limit, before_commit=dist.rng_writer(rng_states),
@@ -229,10 +234,11 @@ def train(config: Config, policy=None) -> TrainResult:
     after = evaluate()
     logger.log(t_cfg.max_steps, {f"eval/{k}": v for k, v in after.items()})
     logger.close()
+    final = dist.final_model(policy.model) if t_cfg.save_final else None  # FSDP / ZeRO-3: gathered to main
     if t_cfg.save_final and dist.is_main:  # atomic: tmp folder, fsync, rename (LoRA: merged + adapter/)
-        save_final_model(dist.unwrap(policy.model), policy.processor, out_dir)
+        save_final_model(final, policy.processor, out_dir)
     dist.barrier()
-    return TrainResult(out_dir, before, after, history, dist.is_main)
+    return TrainResult(out_dir, before, after, history, dist.is_main, dist.describe())
 
 
 class NullLogger:
