@@ -2,9 +2,11 @@
 
 Launch with ``accelerate launch --config_file configs/accelerate/<name>.yaml -m perceptrl.cli train ...``
 (GPUs) or ``torchrun --nproc_per_node N -m perceptrl.cli train ...`` (CPU, gloo; add
-``ACCELERATE_USE_FSDP=true FSDP_VERSION=2`` to the environment for FSDP). In one process
-(``WORLD_SIZE`` unset or 1) nothing here touches ``torch.distributed``, and the loop runs exactly as
-it would without this module.
+``ACCELERATE_USE_FSDP=true FSDP_VERSION=2`` to the environment for FSDP, or
+``ACCELERATE_USE_DEEPSPEED=true ACCELERATE_DEEPSPEED_ZERO3_INIT=false
+ACCELERATE_DEEPSPEED_CONFIG_FILE=<zero json>`` for DeepSpeed; the tests use the shipped JSON files
+with ``"bf16": {"enabled": false}``). In one process (``WORLD_SIZE`` unset or 1) nothing here
+touches ``torch.distributed``, and the loop runs exactly as it would without this module.
 
 How the work is split (see docs/SCALING.md):
 - each process generates, scores and evaluates on its own: a step's ``train.prompts_per_step``
@@ -34,8 +36,10 @@ depend on a process's data are refused (:meth:`Distributed.check`). Checkpoints 
 are gathered to full tensors on the main process, so their files are those of any other run.
 
 Backends: DDP (gloo on CPU, NCCL on GPU), FSDP2 (``fully_shard``; FSDP1 is refused), DeepSpeed
-ZeRO-2 and ZeRO-3. Tested here (``tests/test_distributed.py``): DDP and FSDP2 on CPU. The NCCL and
-DeepSpeed paths are written for GPUs and not tested on this project's CPU machines.
+ZeRO-2 and ZeRO-3. Tested here (``tests/test_distributed.py``, two CPU processes over gloo, against
+one process): DDP, FSDP2, and DeepSpeed ZeRO-2 and ZeRO-3 in fp32. Not tested here: NCCL, GPUs, and
+DeepSpeed in bf16. DeepSpeed needs ``zero3_init_flag: false`` (perceptrl builds the model itself,
+on every process); its mid-run checkpoints and resuming from a checkpoint are refused.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from perceptrl.train.sharding import (
     ShardingModelLoader,
     ShardingOptimizerLoader,
     StateView,
+    deepspeed_on_cpu,
     fsdp2_gathered,
     fsdp_on_cpu,
     full_tensors,
@@ -106,7 +111,22 @@ class Distributed:
         accelerator = Accelerator(cpu=cpu, kwargs_handlers=[ddp])
         if cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
             fsdp_on_cpu(accelerator)
+        elif cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            deepspeed_on_cpu(accelerator)
         kind = accelerator.distributed_type.name
+        if kind == "DEEPSPEED":
+            if accelerator.state.deepspeed_plugin.zero3_init_flag:  # accelerate's default for ZeRO-3
+                raise ConfigError("DeepSpeed zero3_init_flag: true is not supported: perceptrl builds the whole model "
+                                  "on every process (transformers would build it partitioned inside zero.Init); "
+                                  "set zero3_init_flag: false (ACCELERATE_DEEPSPEED_ZERO3_INIT=false), as "
+                                  "configs/accelerate/zero3.yaml does")
+            # accelerate registers its DeepSpeed config with transformers whatever zero3_init_flag says;
+            # under ZeRO-3 transformers would then build models inside zero.Init (partitioned weights:
+            # perceptrl's own model loading fails) and default generate to synced_gpus=True (generation
+            # runs on gathered weights, each process to its own length).
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
         if kind == "MEGATRON_LM":
             raise ConfigError("Megatron-LM is not supported: use FSDP (configs/accelerate/fsdp.yaml), DeepSpeed "
                               "(zero2.yaml, zero3.yaml) or DDP (ddp.yaml); see docs/SCALING.md")
@@ -322,13 +342,14 @@ class Distributed:
         """Clip the (synchronised) gradients; returns the total norm before clipping.
 
         Under DeepSpeed the engine clips (``gradient_clipping`` in its config) and steps inside the
-        last backward: the norm is not measured here and ``0.0`` is returned. Under FSDP2
-        accelerate computes the norm over the sharded gradients (a collective).
+        last backward: the norm it measured there (over all processes' gradients, before clipping)
+        is returned (``0.0`` before the engine's first step). Under FSDP2 accelerate computes the
+        norm over the sharded gradients (a collective).
         """
         if not self.enabled:
             return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         if self.deepspeed:
-            return torch.tensor(0.0)
+            return torch.tensor(float(model.get_global_grad_norm() or 0.0))
         norm = self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2 may return a DTensor
 

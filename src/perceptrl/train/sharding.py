@@ -1,9 +1,9 @@
 """Parameter-sharded backends (FSDP2, DeepSpeed ZeRO-3): gathering full weights, full-tensor state.
 
 The pieces :class:`perceptrl.train.distributed.Distributed` uses when the parameters are sharded over
-processes: switching accelerate to FSDP on CPU processes, gathering every weight for the
-rollout-side forwards, and turning sharded states into full tensors (checkpoints, the final save)
-and back (resume). Only FSDP2 is tested here (CPU, gloo); the ZeRO-3 parts are written for GPUs.
+processes: switching accelerate to FSDP or DeepSpeed on CPU processes, gathering every weight for
+the rollout-side forwards, and turning sharded states into full tensors (checkpoints, the final
+save) and back (resume). Tested here on CPU processes (gloo): FSDP2, DeepSpeed ZeRO-2 and ZeRO-3.
 """
 
 from __future__ import annotations
@@ -32,6 +32,30 @@ def fsdp_on_cpu(accelerator) -> None:
     state.fsdp_plugin = plugin
     state.distributed_type = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate does on GPUs
+
+
+def deepspeed_on_cpu(accelerator) -> None:
+    """DeepSpeed on CPU processes (gloo): what the tests here run.
+
+    As for FSDP (:func:`fsdp_on_cpu`), ``Accelerator(cpu=True)`` ignores ``ACCELERATE_USE_DEEPSPEED``
+    and would quietly run plain multi-process CPU training (DDP); ``cpu=False`` on a machine without
+    GPUs gets the ranks wrong. The plugin is built from the ``ACCELERATE_DEEPSPEED_*`` environment
+    variables ``accelerate launch`` sets (``ACCELERATE_DEEPSPEED_CONFIG_FILE``,
+    ``ACCELERATE_DEEPSPEED_ZERO3_INIT``), and the state is set up as ``AcceleratorState`` does for
+    GPUs: DeepSpeed takes the precision from its own config, accelerate's mixed precision is off.
+    DeepSpeed then runs on its CPU accelerator (``deepspeed.comm`` over gloo).
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    state = accelerator.state
+    plugin = DeepSpeedPlugin()
+    plugin.set_mixed_precision(accelerator.mixed_precision)
+    plugin.select(_from_accelerator_state=True)
+    state.deepspeed_plugins = plugin
+    state._mixed_precision = "no"  # DeepSpeed handles precision from its config (as AcceleratorState does)
+    state.distributed_type = DistributedType.DEEPSPEED
+    PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED  # as accelerate does on GPUs
 
 
 @contextlib.contextmanager
@@ -80,32 +104,50 @@ def fsdp2_gathered(model):
 
 @contextlib.contextmanager
 def zero3_gathered(engine):
-    """DeepSpeed ZeRO-3: every parameter gathered, the engine's per-module fetch/release hooks off.
+    """DeepSpeed ZeRO-3: every parameter gathered, the engine's forward hooks off.
 
-    The hooks would fetch (a collective) and release parameters around each module's forward;
-    removed, a forward is local. They are registered again on exit. Not tested here (no GPU).
+    The per-module hooks would fetch (a collective) and release parameters around each module's
+    forward, and the root module's start-of-forward hook resets the parameter coordinator's step,
+    which broadcasts while the coordinator is still recording its trace: removed, a forward is
+    local (each process generates until its own rows end; the main process evaluates alone). They
+    are registered again on exit (:func:`zero3_hooks`).
     """
     import deepspeed
 
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
-        _zero3_hooks(engine, on=False)
+        zero3_hooks(engine, on=False)
         try:
             yield
         finally:
-            _zero3_hooks(engine, on=True)
+            zero3_hooks(engine, on=True)
 
 
-def _zero3_hooks(engine, on: bool) -> None:
+def zero3_hooks(engine, on: bool) -> None:
+    """Remove (``on=False``) or register again (``on=True``) a ZeRO-3 engine's forward hooks.
+
+    Off: the per-module fetch/release hooks and the root's start-of-forward hook (``fwd_pre_hook``,
+    kept to be put back). On: the root's hook first (``prepend``, where DeepSpeed registered it,
+    before any module hook), then the module hooks, as DeepSpeed's ``setup_zero_stage3_hooks`` does.
+    No-op for an engine that is not ZeRO-3.
+    """
     optimizer = getattr(engine, "optimizer", None)
     offload = getattr(optimizer, "parameter_offload", optimizer)
     if offload is None or not hasattr(offload, "forward_hooks"):
         return
     if on:
+        start = offload.__dict__.pop("_perceptrl_start_hook", None)
+        if start is not None:
+            offload.fwd_pre_hook = offload.module.register_forward_pre_hook(start, prepend=True)
         register = getattr(offload, "_register_deepspeed_module", None)  # deepspeed >= 0.16.4
         if register is None:
             register = offload._register_hooks_recursively
         register(offload.module)
         return
+    handle = getattr(offload, "fwd_pre_hook", None)
+    start = offload.module._forward_pre_hooks.get(handle.id) if handle is not None else None
+    if start is not None:
+        offload._perceptrl_start_hook = start
+        handle.remove()
     for param in offload.module.parameters():
         if hasattr(param, "ds_active_sub_modules"):
             param.ds_active_sub_modules.clear()
