@@ -64,3 +64,28 @@ def test_quick_bench_writes_json_png_and_tables(tmp_path, capsys):
         values = [p["value"] for p in axis["points"]]
         assert len(values) >= 2 and values == sorted(values)
         assert {"time_factor", "loglog_slope", "no_worse_than_linear"} <= set(axis["cpu"])
+
+
+def test_papo_is_also_compared_with_grpo_sampling_as_it_does():
+    from perceptrl.bench.report import markdown
+    from perceptrl.bench.runner import Case
+    from perceptrl.bench.suite import build_cases, summarise
+
+    cases = build_cases(["recipes", "speedups"], ["grpo", "grpo_top_p099", "papo_g_nokl"], ["tiny"], Case(name="b"),
+                        speedup_variants=["top_p_0.99_sorted_filter"])
+    by_name = {c.name: c for c in cases}
+    assert "rollout.top_p=0.99" in by_name["recipes/tiny/grpo_top_p099"].recipe_overrides
+    variant = by_name["speedups/tiny/top_p_0.99_sorted_filter"]
+    assert variant.fast_top_p is False and variant.overrides == ["rollout.top_p=0.99"]
+    seconds = {"recipes/tiny/grpo": [1.0, 2.0], "recipes/tiny/grpo_top_p099": [1.1, 2.0],
+               "recipes/tiny/papo_g_nokl": [1.32, 2.6], "speedups/tiny/default": [1.0, 1.0],
+               "speedups/tiny/top_p_0.99_sorted_filter": [1.2, 1.2]}
+    results = {name: [{"repeat": r, "steps": [{"time/step": s, "cpu_time/step": s, "generated_tokens": 1.0}],
+                       "parameters": 1, "peak_rss_mb": 1.0, "load_average": [0.0]} for r, s in enumerate(values)]
+               for name, values in seconds.items()}
+    report = summarise(cases, results, {})
+    papo = report["recipes"]["tiny"]["papo_g_nokl"]
+    assert papo["ratio_to_grpo"]["cpu"]["median"] == pytest.approx((1.32 + 1.3) / 2)
+    same = papo["ratio_to_same_sampling"]
+    assert same["base"] == "grpo_top_p099" and same["cpu"]["median"] == pytest.approx((1.2 + 1.3) / 2)
+    assert "papo_g_nokl over grpo_top_p099" in markdown(report)

@@ -126,3 +126,66 @@ def test_engines(tiny_policy, encoded):
 
         with pytest.raises(ImportError, match=r"pip install 'perceptrl\[vllm\]'"):
             build_engine("vllm", tiny_policy, ModelConfig(path="/models/x"))
+
+
+def _top_p_cases():
+    """Logits that exercise every branch of the threshold filter: plain, tied at the boundary, -inf, inf."""
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for vocab in (2, 5, 264, 4000):
+        for scale in (0.1, 1.0, 4.0, 30.0):
+            x = torch.randn(24, vocab, generator=g) * scale
+            cases += [x, x.double(), (x * 2).round() / 2, x.bfloat16().float()]  # the last two: many ties
+            y = x.clone()
+            y[:, : vocab // 3] = -float("inf")  # suppressed tokens
+            y[0] = -float("inf")  # nothing left to keep
+            y[1, -1] = float("inf")
+            cases.append(y)
+    return cases
+
+
+def test_threshold_top_p_filter_equals_the_sorted_filter(monkeypatch):
+    import perceptrl.models.policy as policy_module
+    from perceptrl.models.policy import _top_p_filter, _top_p_filter_sorted, _top_p_filter_threshold
+
+    fallback_rows = []
+    sorted_filter = policy_module._top_p_filter_sorted
+    monkeypatch.setattr(policy_module, "_top_p_filter_sorted",
+                        lambda s, p: fallback_rows.append(s.shape[0]) or sorted_filter(s, p))
+    checked = 0
+    for scores in _top_p_cases():
+        for top_p in (0.05, 0.3, 0.9, 0.95, 0.99, 0.999):
+            expected = sorted_filter(scores, top_p)
+            fast = _top_p_filter_threshold(scores, top_p)
+            assert fast is not None
+            assert torch.equal(fast, expected), (scores.shape, top_p)  # bit for bit, -inf where the plain one has it
+            assert torch.equal(_top_p_filter(scores, top_p), expected)
+            checked += 1
+    assert checked == 6 * 4 * 4 * 5
+    assert fallback_rows and sum(fallback_rows) < 24 * checked / 4  # split ties occur, on a few rows only
+    # Not applicable: NaN, half precision, a tensor that needs gradients. top_p = 1: nothing filtered.
+    x = torch.randn(3, 10)
+    x[1, 4] = float("nan")
+    assert _top_p_filter_threshold(x, 0.9) is None
+    assert torch.equal(_top_p_filter(x, 0.9).isnan(), _top_p_filter_sorted(x, 0.9).isnan())
+    assert _top_p_filter_threshold(torch.randn(3, 10).bfloat16(), 0.9) is None
+    assert _top_p_filter_threshold(torch.randn(3, 10, requires_grad=True), 0.9) is None
+    y = torch.randn(3, 10)
+    assert _top_p_filter(y, 1.0) is y
+
+
+def test_fast_top_p_generates_the_same_tokens(tiny_policy, encoded):
+    rows, seeds = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2]), torch.arange(8) * 7 + 1
+    outs = {}
+    for fast in (True, False):
+        tiny_policy.fast_top_p = fast
+        try:
+            outs[fast] = tiny_policy.generate(encoded, rows, max_new_tokens=24, temperature=0.9, top_p=0.9,
+                                              return_logprobs=True, row_seeds=seeds)
+        finally:
+            tiny_policy.fast_top_p = True
+    a, b = outs[True], outs[False]
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.mask, b.mask) and torch.equal(a.logprobs, b.logprobs)
+    # the filter was at work: a token outside some step's nucleus would have been drawn at top-p 1
+    c = tiny_policy.generate(encoded, rows, max_new_tokens=24, temperature=0.9, top_p=1.0, row_seeds=seeds)
+    assert not torch.equal(a.ids, c.ids)

@@ -122,9 +122,17 @@ def markdown(report: dict) -> str:
                 f"| {_fmt(row['generated_tokens_per_cpu_second'], 0)} | {_fmt(row['peak_rss_mb'], 0)} | {verdict} |"
             )
         out.append("")
+        for name, row in rows.items():
+            same = row.get("ratio_to_same_sampling")
+            if same:
+                rc = same["cpu"]
+                out.append(f"- {name} over {same['base']} (GRPO sampling as it does), CPU: "
+                           f"{_fmt(rc['median'], 2)} [{_fmt(rc['min'], 2)}-{_fmt(rc['max'], 2)}]")
+        if any(row.get("ratio_to_same_sampling") for row in rows.values()):
+            out.append("")
     for size, rows in report.get("speedups", {}).items():
-        out.append(f"**Speed changes, {size} model, GRPO.** Step time with the change undone, over the default "
-                   f"(> 1: the change saves time), median [min-max] over repeats.\n")
+        out.append(f"**Speed changes, {size} model, GRPO.** Step time with the change undone (or the setting "
+                   f"named), over the default (> 1: the change saves time), median [min-max] over repeats.\n")
         out.append("| variant | s/step CPU (wall) | ratio CPU | ratio wall | generation CPU s | update fwd+bwd CPU s |")
         out.append("|---|---|---|---|---|---|")
         for name, row in rows.items():

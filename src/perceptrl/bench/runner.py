@@ -47,6 +47,7 @@ class Case:
     interop_threads: int = 1
     fast_generation: bool | None = None  # None: the policy's default
     share_prompt_prefix: bool | None = None
+    fast_top_p: bool | None = None  # top-p through the numpy-sorted threshold (False: torch.sort + scatter)
     coin_flip_rewards: bool = True
     overrides: list[str] = field(default_factory=list)
     tags: dict = field(default_factory=dict)  # free-form labels (section, axis, value)
@@ -155,6 +156,8 @@ def run_case(case: Case) -> dict:
         policy.fast_generation = case.fast_generation
     if case.share_prompt_prefix is not None:
         policy.share_prompt_prefix = case.share_prompt_prefix
+    if case.fast_top_p is not None:
+        policy.fast_top_p = case.fast_top_p
     rss_model = _current_rss_mb()
     with tempfile.TemporaryDirectory(prefix="perceptrl-bench-") as out:
         overrides = case.config_overrides(out)

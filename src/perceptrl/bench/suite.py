@@ -10,8 +10,9 @@ Three sections, each a list of ``Case`` objects run through the real training lo
 - ``scaling``: GRPO with one of group size (4..32), completion length (16..128) or image size
   (56..224 px) varied around a base shape, on each model size; with the growth of step time
   against the growth of the axis ("no worse than linear" when the first is at most the second).
-- ``speedups``: GRPO with each speed change of ``perceptrl.models.policy`` turned off, and with two
-  torch threads; each reported as its step time over the default's.
+- ``speedups``: GRPO with each speed change of ``perceptrl.models.policy`` turned off, with two
+  torch threads, and at top-p 0.99 with either nucleus filter; each reported as its step time over
+  the default's.
 
 Every repeat runs all cases once, in a rotated order (so that no case always runs first or after
 the same neighbour), and ratios are taken between cases of the same repeat, then summarised by
@@ -37,7 +38,13 @@ VIRTUAL_RECIPES: dict[str, tuple[str, list[str]]] = {
     # ... with the noisy branch drawn at every step: the re-scoring under T(x) always runs (worst case)
     "dupl_released_noisy": ("dupl", ["dupl.variant=released", "dupl.branch_schedule=constant", "dupl.branch_prob=1.0"]),
     "papo_g_nokl": ("papo_g", ["algorithm.kl_beta=0.0"]),  # PAPO's masked branch alone, no reference model
+    # GRPO sampling as the PAPO recipes do (top-p 0.99; grpo.yaml has 1.0): papo_g_nokl over this one is
+    # the masked branch alone, with the sampling cost of the two recipes equal
+    "grpo_top_p099": ("grpo", ["rollout.top_p=0.99"]),
 }
+
+# Recipes also compared with a GRPO that samples as they do (``ratio_to_same_sampling`` in the report).
+SAME_SAMPLING_BASE: dict[str, str] = {"papo_g_nokl": "grpo_top_p099", "papo_g": "grpo_top_p099", "papo_d": "grpo_top_p099"}
 
 # Phases of a step, in plotting order: (label, timer sections summed).
 PHASES: list[tuple[str, tuple[str, ...]]] = [
@@ -59,6 +66,9 @@ SPEEDUP_VARIANTS: dict[str, dict] = {
     "no_prefix_sharing": {"share_prompt_prefix": False},  # one full forward per row when scoring
     "neither": {"fast_generation": False, "share_prompt_prefix": False},  # the policy before issue 6
     "threads_2": {"threads": 2},  # two torch threads instead of one
+    # top-p 0.99 (the PAPO recipes' sampling): its cost with the threshold filter, and with the sorted one
+    "top_p_0.99": {"overrides": ["rollout.top_p=0.99"]},
+    "top_p_0.99_sorted_filter": {"overrides": ["rollout.top_p=0.99"], "fast_top_p": False},
 }
 
 SCALING_AXES = {
@@ -268,6 +278,9 @@ def summarise(cases: list[Case], results: dict[str, list[dict]], meta: dict) -> 
             entry = dict(report["cases"][case.name])
             if base_name in results:
                 entry["ratio_to_grpo"] = ratios(case.name, base_name)
+            same = SAME_SAMPLING_BASE.get(tags["recipe"])
+            if same and f"recipes/{size}/{same}" in results:
+                entry["ratio_to_same_sampling"] = {"base": same, **ratios(case.name, f"recipes/{size}/{same}")}
             report["recipes"].setdefault(size, {})[tags["recipe"]] = entry
         elif tags.get("section") == "speedups":
             base_name = f"speedups/{size}/default"

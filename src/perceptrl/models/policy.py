@@ -154,6 +154,9 @@ class Policy:
         supported = type(self._base_model()).__name__ in PREFIX_SHARING_MODELS
         self.fast_generation = supported
         self.share_prompt_prefix = supported
+        # Top-p filtering of batch-invariant sampling through a threshold on numpy-sorted values
+        # (``_top_p_filter_threshold``: the same tokens kept, bit for bit); False: torch.sort + scatter.
+        self.fast_top_p = True
 
     def _base_model(self):
         """The transformers model under any wrapper (a peft model forwards to it)."""
@@ -310,7 +313,7 @@ class Policy:
                     scores = scores / temperature
                 if row_seeds is not None:
                     if top_p < 1.0:
-                        scores = _top_p_filter(scores, top_p)
+                        scores = _top_p_filter(scores, top_p, fast=self.fast_top_p)
                     next_token = gumbel_argmax(scores, row_seeds, step)
                 elif top_p < 1.0:
                     next_token = _sample_top_p(scores.softmax(-1), top_p)
@@ -500,13 +503,64 @@ def _preallocate(cache, extra: int):
     return cache
 
 
-def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most probable tokens whose probabilities sum to ``top_p`` (as HF's warper)."""
+def _top_p_filter(scores: torch.Tensor, top_p: float, fast: bool = True) -> torch.Tensor:
+    """Keep the smallest set of most probable tokens whose probabilities sum to ``top_p`` (as HF's warper).
+
+    ``scores`` ``[R, V]``. Returns a new tensor with the other tokens at ``-inf`` (``scores`` itself
+    when ``top_p >= 1``: nothing is filtered). ``fast`` (CPU float tensors): the same result, bit for
+    bit, from :func:`_top_p_filter_threshold`; otherwise :func:`_top_p_filter_sorted`, the plain one.
+    """
+    if top_p >= 1.0:
+        return scores
+    if fast:
+        out = _top_p_filter_threshold(scores, top_p)
+        if out is not None:
+            return out
+    return _top_p_filter_sorted(scores, top_p)
+
+
+def _top_p_filter_sorted(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The plain nucleus filter (``transformers``' ``TopPLogitsWarper``): sort, cumulate, scatter back."""
     sorted_logits, sorted_indices = torch.sort(scores, descending=False)
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     remove = cumulative <= (1 - top_p)
     remove[..., -1:] = False  # keep at least one token
     return scores.masked_fill(remove.scatter(1, sorted_indices, remove), -float("inf"))
+
+
+def _top_p_filter_threshold(scores: torch.Tensor, top_p: float) -> torch.Tensor | None:
+    """:func:`_top_p_filter_sorted`'s result through a value threshold; None where it does not apply.
+
+    The plain filter removes the ``k`` smallest logits of a row, ``k`` being the number of ascending
+    cumulative probabilities ``<= 1 - top_p`` (a prefix: the cumulative sum never decreases). That
+    only needs the sorted *values*: ``numpy.sort`` gives exactly the values ``torch.sort`` gives
+    (a sorted sequence is unique) and is 15-20x faster on CPU (0.03 vs 0.54 ms for 64 x 264,
+    41 vs 700 ms for 64 x 151k), so the softmax and cumulative sum below are bit for bit the plain
+    filter's, hence ``k`` too. The removed tokens are then those below the ``k``-th smallest
+    value, with no scatter of sorted indices back. When a row's boundary falls between tied values,
+    which of them the plain filter removes depends on the order its (unstable) sort put them in:
+    those rows go through the plain filter. None (the plain filter for all) for scores with a NaN,
+    on another device than the CPU, or of another dtype than float32/float64.
+    """
+    if (scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.float64) or scores.dim() != 2
+            or scores.requires_grad or scores.shape[-1] < 2):
+        return None
+    import numpy as np
+
+    sorted_logits = torch.from_numpy(np.sort(scores.numpy(), axis=-1))  # ascending; NaN last, as torch.sort
+    if bool(sorted_logits[:, -1].isnan().any()):
+        return None
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -1:] = False  # keep at least one token
+    k = remove.sum(-1, keepdim=True)  # the k smallest are removed
+    threshold = sorted_logits.gather(-1, k)  # the smallest value kept
+    out = scores.masked_fill(scores < threshold, -float("inf"))
+    split_tie = (k > 0) & (sorted_logits.gather(-1, (k - 1).clamp_(min=0)) == threshold)
+    if bool(split_tie.any()):
+        rows = split_tie.squeeze(-1).nonzero().squeeze(-1)
+        out[rows] = _top_p_filter_sorted(scores[rows], top_p)  # each row is sorted on its own
+    return out
 
 
 def completion_mask(ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

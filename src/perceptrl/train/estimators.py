@@ -17,6 +17,7 @@ import torch
 from perceptrl.algorithms.advantages import dupl_shape, group_advantage, noisy_grpo_advantage
 from perceptrl.algorithms.losses import masked_sum
 from perceptrl.algorithms.uncertainty import sampled_token_entropy, sym_kl_full, sym_kl_pointwise
+from perceptrl.bench.timer import timed
 from perceptrl.train.rollout import Rollout
 from perceptrl.train.update import MicroBatch
 
@@ -119,7 +120,7 @@ class DuplShaper:
         # upcasts a few positions at a time).
         for start in range(0, len(picked), self.chunk_rows):
             rows, loc = picked[start : start + self.chunk_rows], local[start : start + self.chunk_rows]
-            with torch.no_grad():
+            with torch.no_grad(), timed("scoring/extra_views"):  # a no-grad forward inside the update
                 under_x = mb.policy.score(rollout.prompts, clean_rows[rows], comp.ids[rows], comp.mask[rows],
                                           temperature=mb.temperature, with_logits=True)["logits"]
                 under_noisy = mb.logits[loc].detach()
