@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Each creates .venv with the CPU torch wheel and installs perceptrl into it.
+# Each creates .venv with the CPU torch wheel and installs perceptrl into it; `make test` adds the
+# test tools (pytest, hypothesis, scikit-learn, deepspeed for the ZeRO tests), which the demo does not need.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
@@ -8,22 +9,26 @@ PYTEST_ARGS ?=
 
 WARMSTART := src/perceptrl/assets/warmstart
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.base: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.base
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.base
 	$(VENV)/bin/perceptrl demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Regenerate the shipped warm start from scratch (deterministic given the recipe's seeds).
-warmstart: $(VENV)/.installed
+warmstart: $(VENV)/.base
 	$(VENV)/bin/perceptrl sft recipes/warmstart.yaml train.output_dir=runs/warmstart train.resume=none
 	rm -rf $(WARMSTART) && mkdir -p $(WARMSTART)
 	cp runs/warmstart/final/* $(WARMSTART)/
@@ -38,7 +43,7 @@ RESULTS_ARGS := --recipes grpo papo_g noisy_rollout noisy_grpo dupl --seeds 0 1 
 	--set noisy_rollout:noisy_rollout.s_mid=24 $(RESULTS_DATA)
 RESULTS_DATA := model.path=warmstart "data.families=[count,arith,compare,spatial,pope,text]" data.image_size=112 \
 	data.val_per_family=64 train.max_steps=60 train.prompts_per_step=8 rollout.n=8 rollout.max_new_tokens=32
-results: $(VENV)/.installed
+results: $(VENV)/.base
 	$(VENV)/bin/perceptrl compare $(RESULTS_ARGS)
 	# supplement (outside the equal tuning budget): NoisyGRPO at a lower learning rate
 	$(VENV)/bin/perceptrl compare --recipes noisy_grpo --seeds 0 1 2 --jobs 2 --threads 1 \
