@@ -27,7 +27,7 @@ SUITE = ["model.path=warmstart", "data.families=[count,arith,compare,spatial,pop
 # 1 thread each), sized from the CPU time per step measured on this machine (docs/RESULTS.md,
 # "Compute"): GRPO 0.48 s, NoisyRollout 0.48, NoisyGRPO 0.68, PAPO 0.70, DUPL 0.83 per step of
 # 8 prompts x 8 completions. Measured: 404 CPU-seconds in all; from a fresh clone on an idle machine
-# `make demo` took 4 min 6 s (install included, 182 s of training and evaluation); 10 min 50 s of
+# `make demo` took 3 min 56 s and 4 min 6 s (install included, 176-182 s of training and evaluation); 10 min 50 s of
 # wall time while other jobs kept the load average at 12-14 (the demo got 62% of one core).
 FULL = dict(steps=120, prompts=8, n=8, val=32, tokens=32)
 QUICK = dict(steps=2, prompts=2, n=4, val=2, tokens=8)
