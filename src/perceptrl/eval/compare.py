@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from perceptrl.eval.report import to_json_safe
+
 RESULT_FILE = "result.json"
 
 # Relative cost of a step (measured on the tiny model, docs/RESULTS.md): with several runs at a time,
@@ -114,18 +116,6 @@ def plan_runs(recipes: list[str], seeds: list[int], runs_dir: str | Path, overri
     return specs
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    return value
-
-
 def run_one(spec: RunSpec) -> dict:
     """Train one run (resuming if it was interrupted), evaluate, write ``result.json``."""
     import torch
@@ -151,10 +141,10 @@ def run_one(spec: RunSpec) -> dict:
     }
     if spec.probe:
         record["probe"] = _probe(config, Path(spec.run_dir))
-    (Path(spec.run_dir) / "summary.json").write_text(json.dumps(_json_safe(
+    (Path(spec.run_dir) / "summary.json").write_text(json.dumps(to_json_safe(
         {"before": result.before, "after": result.after}), indent=2))
     tmp = Path(spec.run_dir) / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(record), indent=2))
+    tmp.write_text(json.dumps(to_json_safe(record), indent=2))
     os.replace(tmp, Path(spec.run_dir) / RESULT_FILE)  # the marker appears atomically, last
     return record
 

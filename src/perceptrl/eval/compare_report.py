@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from perceptrl.eval.report import to_json_safe
 from perceptrl.eval.stats import mean_ci, paired_difference
 
 # Keys of metrics.jsonl kept in the curves (besides every method signal).
@@ -437,7 +438,7 @@ def write_report(data: dict, output_dir: str | Path) -> dict[str, Path]:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "compare.json"}
-    paths["json"].write_text(json.dumps(_safe(data), separators=(",", ":")))
+    paths["json"].write_text(json.dumps(to_json_safe(data), separators=(",", ":")))
     for name, fn in (("curves", plots.plot_curves), ("families", plots.plot_families),
                      ("differences", plots.plot_differences), ("signals", plots.plot_signals)):
         target = out / f"{name}.png"
@@ -451,16 +452,6 @@ def write_report(data: dict, output_dir: str | Path) -> dict[str, Path]:
     paths["html"] = out / "report.html"
     paths["html"].write_text(render_html(data, out))
     return paths
-
-
-def _safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_safe(v) for v in value]
-    return value
 
 
 def load_report_data(path: str | Path) -> dict:
