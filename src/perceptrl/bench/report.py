@@ -19,6 +19,11 @@ def _fmt(x, digits: int = 3) -> str:
     return "-" if x is None or x != x else f"{x:.{digits}f}"
 
 
+def _spread(stats: dict) -> str:
+    """``median [min-max]`` of a ratio summary, two decimals ("-" where missing)."""
+    return f"{_fmt(stats.get('median'), 2)} [{_fmt(stats.get('min'), 2)}-{_fmt(stats.get('max'), 2)}]"
+
+
 def plot(report: dict, path: Path, clock: str = "cpu") -> Path | None:
     """Stacked step-time split per recipe (one panel per size) and the scaling curves."""
     try:
@@ -115,8 +120,7 @@ def markdown(report: dict) -> str:
                 f"<= {target}: {'met' if rc['median'] <= target else 'not met'}")
             out.append(
                 f"| {name} | {_fmt(row['cpu_seconds_per_step']['median'])} ({_fmt(row['seconds_per_step']['median'])}) "
-                f"| {_fmt(rc.get('median'), 2)} [{_fmt(rc.get('min'), 2)}-{_fmt(rc.get('max'), 2)}] "
-                f"| {_fmt(rw.get('median'), 2)} [{_fmt(rw.get('min'), 2)}-{_fmt(rw.get('max'), 2)}] "
+                f"| {_spread(rc)} | {_spread(rw)} "
                 f"| {_fmt(sp['generation'])} | {_fmt(sp['reward'])} | {_fmt(scoring)} | {_fmt(sp['update: forward'])} "
                 f"| {_fmt(sp['update: backward'])} | {_fmt(sp['update: optimizer'])} "
                 f"| {_fmt(row['generated_tokens_per_cpu_second'], 0)} | {_fmt(row['peak_rss_mb'], 0)} | {verdict} |"
@@ -125,9 +129,7 @@ def markdown(report: dict) -> str:
         for name, row in rows.items():
             same = row.get("ratio_to_same_sampling")
             if same:
-                rc = same["cpu"]
-                out.append(f"- {name} over {same['base']} (GRPO sampling as it does), CPU: "
-                           f"{_fmt(rc['median'], 2)} [{_fmt(rc['min'], 2)}-{_fmt(rc['max'], 2)}]")
+                out.append(f"- {name} over {same['base']} (GRPO sampling as it does), CPU: {_spread(same['cpu'])}")
         if any(row.get("ratio_to_same_sampling") for row in rows.values()):
             out.append("")
     for size, rows in report.get("speedups", {}).items():
@@ -137,12 +139,10 @@ def markdown(report: dict) -> str:
         out.append("|---|---|---|---|---|---|")
         for name, row in rows.items():
             sp = row["split_seconds"]["cpu"]
-            nan = {"median": float("nan"), "min": float("nan"), "max": float("nan")}
-            r = row.get("ratio_to_default", {"cpu": nan, "wall": nan})
+            r = row.get("ratio_to_default", {})
             out.append(
                 f"| {name} | {_fmt(row['cpu_seconds_per_step']['median'])} ({_fmt(row['seconds_per_step']['median'])}) "
-                f"| {_fmt(r['cpu']['median'], 2)} [{_fmt(r['cpu']['min'], 2)}-{_fmt(r['cpu']['max'], 2)}] "
-                f"| {_fmt(r['wall']['median'], 2)} [{_fmt(r['wall']['min'], 2)}-{_fmt(r['wall']['max'], 2)}] "
+                f"| {_spread(r.get('cpu', {}))} | {_spread(r.get('wall', {}))} "
                 f"| {_fmt(sp['generation'])} | {_fmt(sp['update: forward'] + sp['update: backward'])} |"
             )
         out.append("")
