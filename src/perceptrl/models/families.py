@@ -40,6 +40,8 @@ import torch
 from perceptrl.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_byte_tokenizer
 
 FAMILY_NAMES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava_onevision")
+# Test models at real shapes (``perceptrl.models.real_shape``): real vocabulary and token ids.
+REAL_SHAPE_NAMES = ("qwen2_5_vl_real",)
 
 # Qwen2-VL / Qwen2.5-VL / Qwen3-VL share Qwen's special tokens and image chat format.
 QWEN_SPECIAL_TOKENS = SPECIAL_TOKENS
@@ -292,12 +294,19 @@ _BUILDERS = {
 def build_tiny_family(name: str, seed: int = 0, cfg: TinyFamilyConfig | None = None):
     """Return ``(model, processor)``: a freshly initialised tiny model of family ``name``.
 
-    ``name`` is one of ``FAMILY_NAMES``; ``qwen2_5_vl`` is ``perceptrl.models.tiny.build_tiny``.
+    ``name`` is one of ``FAMILY_NAMES``; ``qwen2_5_vl`` is ``perceptrl.models.tiny.build_tiny``;
+    ``qwen2_5_vl_real`` is Qwen2.5-VL at its real vocabulary (``perceptrl.models.real_shape``).
     The same ``seed`` gives the same weights. Save with
     ``perceptrl.models.loading.save_pretrained`` and load with ``load_model_and_processor``.
     """
+    if name == "qwen2_5_vl_real":
+        from perceptrl.models.real_shape import build_real_shape
+
+        if cfg is not None:
+            raise ValueError("qwen2_5_vl_real takes its sizes from perceptrl.models.real_shape.RealShapeConfig")
+        return build_real_shape(seed=seed)
     if name not in FAMILY_NAMES:
-        raise ValueError(f"unknown model family '{name}'; expected one of {', '.join(FAMILY_NAMES)}")
+        raise ValueError(f"unknown model family '{name}'; expected one of {', '.join(FAMILY_NAMES + REAL_SHAPE_NAMES)}")
     if name == "qwen2_5_vl":
         from perceptrl.models.tiny import build_tiny
 
