@@ -355,7 +355,7 @@ def test_idle_micro_batches_change_nothing(tiny):
     rollout = collect_rollout(Policy(model, processor), samples, [GenSpec("clean", 3)], get_template("boxed"), 8,
                               1.0, 1.0, seed_of=lambda p, name: 100 * p + len(name), row_seeds=True)
     rollout.advantages = torch.linspace(-1, 1, len(rollout))
-    settings = UpdateSettings("token_mean", micro_batch_size=4, max_grad_norm=1.0, max_len=8, need_logits=True,
+    settings = UpdateSettings("token_mean", micro_batch_size=4, max_grad_norm=1.0, max_len=8, entropy_grad=True,
                               terms=[surrogate_term(0.2, 0.2, 3.0), entropy_bonus_term(0.01)])
 
     def update(dist):

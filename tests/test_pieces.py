@@ -358,14 +358,23 @@ def test_dupl_released_shaping_hand_case():
     assert shaped[1].tolist() == [0.0, 0.0] and "dupl/u_per" not in stats
 
 
-class _LogitsPolicy:
-    """Returns fixed logits under the clean image (the paper shaper's extra forward)."""
+class _HeadPolicy:
+    """A policy whose output head is the identity on 3-dimensional hidden states: the logits *are* the
+    hidden states. Scoring under the clean image (the paper shaper's extra forward) sees ``under_x``."""
 
-    def __init__(self, logits):
-        self.logits = logits
+    def __init__(self, under_x):
+        self.under_x = under_x
+        self.model = torch.nn.Linear(3, 3, bias=False)
+        self.model.weight.data = torch.eye(3)
+        self.model.get_output_embeddings = lambda: self.model
 
-    def score(self, prompts, rows, ids, mask, temperature=1.0, with_logits=False, **_):
-        return {"logits": self.logits[: len(rows)]}
+    def score(self, prompts, rows, ids, mask, temperature=1.0, kl_hidden=None, **_):
+        from perceptrl.models.logits import HeadRequest, route_output_head
+
+        request = HeadRequest(targets=ids[: len(rows)], temperature=temperature, other_hidden=kl_hidden)
+        with route_output_head(self.model, request):
+            values = self.model(self.under_x[: len(rows)])
+        return {"logprobs": values[..., 0], "sym_kl": values[..., 1]}
 
 
 def test_dupl_paper_shaping_hand_case():
@@ -378,8 +387,8 @@ def test_dupl_paper_shaping_hand_case():
         tags={"noisy_branch": torch.tensor([0.0, 1.0])}, prompts=None, rows_for_view=lambda v: torch.tensor([0, 0]),
         completions=SimpleNamespace(ids=torch.zeros(2, 1, dtype=torch.long), mask=torch.ones(2, 1)),
     )
-    mb = make_mb(torch.zeros(2, 1), torch.ones(2, 1), adv, entropy=entropy, logits=under_noisy,
-                 rollout=rollout, policy=_LogitsPolicy(under_x))
+    mb = make_mb(torch.zeros(2, 1), torch.ones(2, 1), adv, entropy=entropy, hidden=under_noisy,
+                 rollout=rollout, policy=_HeadPolicy(under_x))
     shaped, stats = DuplShaper("paper", 1.0, 2.0, 0.4, 2.0)(mb)
     # u_per = sum_v (p - q)(log p - log q) / 2 = 0.0577623; g_per = 0.0577623, g_out = min(.5, .04)
     assert shaped[1].item() == pytest.approx(1.0 + 0.04 + 0.0577623, abs=1e-6)
@@ -398,8 +407,25 @@ def _tiny_rollout(policy, specs, scoring=None, n_prompts=2, max_new_tokens=6, se
     return score(rollout, torch.randint(0, 2, (len(rollout),), generator=gen).float().tolist())
 
 
-def _settings(terms, shapers=(), mbs=64, need_logits=False):
-    return UpdateSettings("token_mean", mbs, 1e9, 6, need_logits=need_logits, terms=list(terms), shapers=list(shapers))
+def _full_logits_score(policy, prompts, rows, ids, mask):
+    """Log-probs, entropy and the whole [rows, T, V] logits from one plain forward (the reference)."""
+    batch = prompts.select(rows)
+    T = ids.shape[1]
+    batch["input_ids"] = torch.cat([batch["input_ids"], ids], dim=1)
+    batch["attention_mask"] = torch.cat([batch["attention_mask"], mask.to(batch["attention_mask"].dtype)], dim=1)
+    if "mm_token_type_ids" in batch:
+        batch["mm_token_type_ids"] = torch.nn.functional.pad(batch["mm_token_type_ids"], (0, T))
+    logits = policy.model(**batch, logits_to_keep=T + 1, use_cache=False).logits[:, :-1].float()
+    log_probs = logits.log_softmax(-1)
+    return {"logits": logits, "logprobs": log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1),
+            "entropy": -(log_probs.exp() * log_probs).sum(-1)}
+
+
+def _settings(terms, shapers=(), mbs=64):
+    pieces = [*terms, *shapers]
+    return UpdateSettings("token_mean", mbs, 1e9, 6, terms=list(terms), shapers=list(shapers),
+                          entropy_grad=any(getattr(p, "needs_entropy_grad", False) for p in pieces),
+                          keep_hidden=any(getattr(p, "needs_hidden", False) for p in pieces))
 
 
 def _sgd_delta(model, rollout, settings, policy_cls):
@@ -447,23 +473,23 @@ def test_dupl_in_update_shaping_equals_separate_forwards(policy_copy, variant):
     plan.prepare(rollout, 0)
     plan.precompute(tiny_policy, rollout, 0)
     rollout.advantages = torch.tensor([1.0, -0.5, 2.0, -1.0] * (len(rollout) // 4))
-    shaper = DuplShaper(variant, 1.0, 2.0, 0.4, 2.0, chunk_rows=1)  # several micro-batches and row chunks
-    settings = _settings([surrogate_term(0.2, 0.2, 3.0)], [shaper], mbs=3, need_logits=True)
+    shaper = DuplShaper(variant, 1.0, 2.0, 0.4, 2.0)
+    settings = _settings([surrogate_term(0.2, 0.2, 3.0)], [shaper], mbs=3)  # several micro-batches
     run_update(tiny_policy, torch.optim.SGD(tiny_policy.model.parameters(), lr=0.0), rollout, settings)
     got = rollout.extra["token_advantages"]
 
     rows = rollout.update_indices()
     comp = rollout.completions
     with torch.no_grad():
-        own = tiny_policy.score(rollout.prompts, rollout.update_rows[rows], comp.ids[rows], comp.mask[rows],
-                                with_entropy=True, with_logits=True)
-        clean = tiny_policy.score(rollout.prompts, rollout.rows_for_view("clean")[rows], comp.ids[rows],
-                                  comp.mask[rows], with_logits=True)
+        own = _full_logits_score(tiny_policy, rollout.prompts, rollout.update_rows[rows], comp.ids[rows],
+                                 comp.mask[rows])
+        clean = _full_logits_score(tiny_policy, rollout.prompts, rollout.rows_for_view("clean")[rows],
+                                   comp.ids[rows], comp.mask[rows])
     noisy = rollout.tags["noisy_branch"][rows].bool().unsqueeze(-1)
     mask = comp.mask[rows]
     A = rollout.advantages[rows]
     if variant == "paper":
-        u_out, u_per = own["entropy"], sym_kl_full(clean["logits"], own["logits"])
+        u_out, u_per = own["entropy"], sym_kl_full(clean["logits"], own["logits"])  # from whole [rows, T, V] logits
         expected = torch.where(noisy, dupl_shape(A, u_out, u_per, mask), dupl_shape(A, u_out, None, mask))
     else:
         lp_raw, lp_noisy = own["logprobs"], rollout.extra["noisy_logprobs"][rows]
@@ -530,10 +556,10 @@ def test_update_trains_on_update_rows_only_with_split_invariant_denominators(tin
     rollout.advantages = torch.tensor([1.0, 5.0, -0.5, 0.3, -1.0, 7.0])
     terms = [surrogate_term(0.2, 0.28, 3.0), papo, entropy_bonus_term(0.01)]
     make = _rebind(tiny_policy)
-    whole = _sgd_delta(tiny_policy.model, rollout, _settings(terms, mbs=64, need_logits=True), make)
-    split = _sgd_delta(tiny_policy.model, rollout, _settings(terms, mbs=2, need_logits=True), make)
+    whole = _sgd_delta(tiny_policy.model, rollout, _settings(terms, mbs=64), make)
+    split = _sgd_delta(tiny_policy.model, rollout, _settings(terms, mbs=2), make)
     sub = rollout.subset(rollout.update_indices())
-    alone = _sgd_delta(tiny_policy.model, sub, _settings(terms, mbs=64, need_logits=True), make)
+    alone = _sgd_delta(tiny_policy.model, sub, _settings(terms, mbs=64), make)
     assert whole.abs().max() > 0
     assert torch.allclose(whole, split, atol=1e-6) and torch.allclose(whole, alone, atol=1e-6)
 
@@ -552,15 +578,14 @@ def test_reference_kl_bias_correction_and_entropy_bonus():
         make_mb(lp, mask, old_logprobs=old, extra={"ref_logprobs": ref}))
     ratio = (lp.detach() - old).exp()
     assert corrected.item() == pytest.approx(0.1 * (k3 * ratio).mean().item(), abs=1e-7)
-    # entropy bonus: -coef * token_mean(H) of the full softmax, with gradient through the logits
-    logits = torch.tensor([[[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]], requires_grad=True)
+    # entropy bonus: -coef * token_mean(H), with gradient through the entropy the scoring pass returned
+    entropy = torch.tensor([[1.5, 0.5]], requires_grad=True)
     term = entropy_bonus_term(0.5)
-    assert term.needs_logits
-    value, _ = term(make_mb(lp, mask, logits=logits))
-    p = logits.detach().softmax(-1)
-    assert value.item() == pytest.approx(-0.5 * (-(p * p.log()).sum(-1)).mean().item(), abs=1e-6)
+    assert term.needs_entropy_grad
+    value, _ = term(make_mb(lp, mask, entropy=entropy))
+    assert value.item() == pytest.approx(-0.5 * 1.0, abs=1e-6)
     value.backward()
-    assert logits.grad.abs().sum() > 0
+    assert entropy.grad.tolist() == [[-0.25, -0.25]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -613,6 +638,9 @@ def test_build_recipe_picks_pieces():
     assert [type(p).__name__ for p in recipe.preparers] == ["OverlongPenalty"]
     assert recipe.preparers[0].cache_len == 6  # 20% of 32 new tokens
     settings = recipe.update_settings(0)
-    assert len(settings.terms) == 3 and settings.need_logits and len(settings.shapers) == 1
+    assert len(settings.terms) == 3 and settings.entropy_grad and len(settings.shapers) == 1
+    assert not settings.keep_hidden  # released DUPL: no full-vocabulary KL
+    paper = build_recipe(load_config(None, ["rollout.plan=dupl", "algorithm.adv_estimator=dupl"])).update_settings(0)
+    assert paper.keep_hidden and not paper.entropy_grad
     plain = build_recipe(load_config(None, []))
-    assert plain.sampler is single_round and not plain.update_settings(0).need_logits
+    assert plain.sampler is single_round and not plain.update_settings(0).entropy_grad

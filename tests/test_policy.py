@@ -59,7 +59,13 @@ def test_entropy_matches_direct_computation(tiny_policy, rgb_images):
     ids = torch.tensor([[70, 71, 72, 73]])
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        out = tiny_policy.score(enc, [0], ids, mask, with_entropy=True, with_logits=True)
-    p = out["logits"].float().softmax(-1)
+        out = tiny_policy.score(enc, [0], ids, mask, with_entropy=True)
+        batch = enc.select([0])
+        batch["input_ids"] = torch.cat([batch["input_ids"], ids], 1)
+        batch["attention_mask"] = torch.cat([batch["attention_mask"], mask], 1)
+        if "mm_token_type_ids" in batch:
+            batch["mm_token_type_ids"] = torch.nn.functional.pad(batch["mm_token_type_ids"], (0, 4))
+        logits = tiny_policy.model(**batch).logits[:, -5:-1]
+    p = logits.float().softmax(-1)
     direct = -(p * p.log()).sum(-1)
     assert torch.allclose(out["entropy"], direct, atol=1e-5)

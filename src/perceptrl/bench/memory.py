@@ -45,6 +45,7 @@ class MemoryCase:
     rows: int = 1  # completions in the update (one micro-batch)
     threads: int = 1
     image_size: int = 112
+    fused_adamw: bool = False  # torch's fused AdamW instead of the training loop's optimizer (train.rl.make_optimizer)
 
 
 def _rss_mb() -> float:
@@ -94,10 +95,13 @@ def _rollout(policy, case: MemoryCase, seed: int = 0):
     return rollout
 
 
-def _chunk_tokens(policy, vocab: int) -> int:
-    """Tokens per logits chunk of the scoring pass (the floor's one chunk)."""
-    chunk = getattr(policy, "logits_chunk_tokens", None)
-    return int(chunk(vocab)) if callable(chunk) else 128
+def _chunk_tokens(policy, n_tokens: int, vocab: int, hidden_size: int) -> int:
+    """Tokens per logits chunk of the scoring pass (the floor's one chunk; 128 for code before chunking)."""
+    try:
+        from perceptrl.models.logits import chunk_tokens
+    except ImportError:
+        return 128
+    return chunk_tokens(n_tokens, vocab, hidden_size, getattr(policy, "logits_chunk", None))
 
 
 def run_memory_case(case: MemoryCase) -> dict:
@@ -121,7 +125,13 @@ def run_memory_case(case: MemoryCase) -> dict:
     rollout = _rollout(policy, case)
     settings = UpdateSettings(loss_agg_mode="token_mean", micro_batch_size=case.rows, max_grad_norm=1.0,
                               max_len=case.tokens, terms=[surrogate_term(0.2, 0.2, 3.0)])
-    optimizer = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.01)
+    if case.fused_adamw:
+        optimizer = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.01, fused=True)
+    else:
+        from perceptrl.config import TrainConfig
+        from perceptrl.train.rl import make_optimizer
+
+        optimizer = make_optimizer(model, TrainConfig(lr=1e-6))
     for p in params:  # AdamW's state as after a first step
         p.grad = torch.zeros_like(p)
     optimizer.step()
@@ -139,15 +149,26 @@ def run_memory_case(case: MemoryCase) -> dict:
     optimizer.zero_grad(set_to_none=True)
     gc.collect()
 
-    # 2. One update of the real code path.
+    # 2. One update of the real code path; the optimizer step's peak is read on its own.
     rss_update = _rss_mb()
+    peaks = {}
+    step = optimizer.step
+
+    def measured_step(*args, **kwargs):
+        peaks["backward"] = _peak_mb()  # forward, backward and gradient clipping
+        _reset_peak()
+        out = step(*args, **kwargs)
+        peaks["optimizer"] = _peak_mb()
+        return out
+
+    optimizer.step = measured_step
     _reset_peak()
     t0 = time.perf_counter()
     metrics = run_update(policy, optimizer, rollout, settings)
     seconds = time.perf_counter() - t0
-    update_peak = _peak_mb()
+    update_peak = max(peaks.values())
 
-    chunk = _chunk_tokens(policy, vocab)
+    chunk = _chunk_tokens(policy, case.rows * case.tokens, vocab, model.get_output_embeddings().weight.shape[1])
     state_mb = n_trainable * 4 * 3 / MB  # fp32 gradients + AdamW exp_avg, exp_avg_sq
     chunk_mb = min(chunk, case.rows * case.tokens) * vocab * 4 / MB
     floor = weight_mb + state_mb + chunk_mb
@@ -159,6 +180,9 @@ def run_memory_case(case: MemoryCase) -> dict:
         "chunk_tokens": chunk, "weights_mb": weight_mb, "grads_adam_mb": state_mb, "chunk_mb": chunk_mb,
         "floor_mb": floor, "peak_mb": peak, "peak_minus_extra_mb": peak - baseline_extra,
         "ratio": (peak - baseline_extra) / floor, "baseline_extra_mb": baseline_extra,
+        "backward_peak_mb": peaks["backward"] - rss_start - baseline_extra,
+        "optimizer_peak_mb": peaks["optimizer"] - rss_start - baseline_extra,
+        "optimizer": "fused AdamW" if case.fused_adamw else type(optimizer).__name__ + " (train.rl.make_optimizer)",
         "rss_before_update_mb": rss_update - rss_start, "update_seconds": seconds,
         "score_growth_mb": score_peak - rss_before, "fp32_logits_mb": logits_mb,
         "score_growth_over_logits": (score_peak - rss_before) / logits_mb, "loss": metrics.get("loss"),
@@ -179,15 +203,17 @@ def run_case_subprocess(case: MemoryCase, timeout: float = 1800) -> dict:
 def markdown(results: list[dict]) -> str:
     """The table ``docs/BENCHMARKS.md`` shows (MB = 2**20 bytes)."""
     lines = [
-        "| T | rows | floor MB (weights + grads + AdamW + one chunk) | peak MB (less tokenizer etc.) | "
-        "peak / floor | score fwd+bwd growth MB | x fp32 [rows, T, V] | update s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| T | rows | optimizer | floor MB (weights + grads + AdamW + one chunk) | peak MB: update (fwd+bwd / "
+        "optimizer step) | peak / floor | score fwd+bwd growth MB | x fp32 [rows, T, V] | update s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["case"]
+        split = (f" ({r['backward_peak_mb']:.0f} / {r['optimizer_peak_mb']:.0f})" if "backward_peak_mb" in r else "")
         lines.append(
-            f"| {c['tokens']} | {c['rows']} | {r['floor_mb']:.0f} ({r['weights_mb']:.0f} + {r['grads_adam_mb']:.0f} + "
-            f"{r['chunk_mb']:.0f}) | {r['peak_minus_extra_mb']:.0f} | {r['ratio']:.2f} | {r['score_growth_mb']:.0f} | "
+            f"| {c['tokens']} | {c['rows']} | {'fused' if c.get('fused_adamw') else 'loop'} | {r['floor_mb']:.0f} "
+            f"({r['weights_mb']:.0f} + {r['grads_adam_mb']:.0f} + {r['chunk_mb']:.0f}) | "
+            f"{r['peak_minus_extra_mb']:.0f}{split} | {r['ratio']:.2f} | {r['score_growth_mb']:.0f} | "
             f"{r['score_growth_over_logits']:.2f} | {r['update_seconds']:.1f} |"
         )
     return "\n".join(lines)

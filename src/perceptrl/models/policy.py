@@ -4,8 +4,9 @@ Three jobs, each one batched call:
 - ``encode``: chat-format prompts and run the processor once per prompt (left padding);
 - ``generate``: sample completions, each prompt repeated as often as asked, vision special
   tokens suppressed (a sampled ``<|image_pad|>`` would break the next forward);
-- ``score``: per-token log-probs (and optionally full-vocabulary entropy) of given
-  completions under given prompts, completions right-padded after the prompts.
+- ``score``: per-token log-probs (and optionally full-vocabulary entropy, symmetric KL to another
+  forward) of given completions under given prompts, completions right-padded after the prompts,
+  without materialising their logits (``perceptrl.models.logits``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from perceptrl.models.logits import HeadRequest, route_output_head
 from perceptrl.models.sampling import gumbel_argmax
 
 # Tokens a model must never sample: they mark image positions in the prompt.
@@ -142,7 +144,8 @@ class Policy:
         if self.pad_token_id is None:
             self.pad_token_id = self.eos_token_id
         vocab = self.tokenizer.get_vocab()
-        self.score_chunk_rows = 16
+        # Tokens per chunk of logits when scoring (None: ``perceptrl.models.logits.chunk_tokens``' rule).
+        self.logits_chunk: int | None = None
         # Processors that tell single- from multi-image prompts (LLaVA-OneVision's anyres tiling is
         # for single images only) get the images grouped per prompt, as their chat template would.
         image_processor = getattr(processor, "image_processor", None)
@@ -341,31 +344,53 @@ class Policy:
         completion_mask: torch.Tensor,
         temperature: float = 1.0,
         with_entropy: bool = False,
-        with_logits: bool = False,
         entropy_grad: bool = False,
+        keep_hidden: bool = False,
+        kl_hidden: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-token log-probs ``[R, T]`` of completions given their prompts.
+        """Per-token log-probs ``[R, T]`` of completions given their prompts (float32).
 
-        Gradient flows unless the caller wraps this in ``torch.no_grad``. Only the logits of the
-        completion positions are computed (``logits_to_keep``); they are upcast to float32 once.
+        Gradient flows unless the caller wraps this in ``torch.no_grad``. The logits are never
+        materialised: the model's output head returns the per-token values directly, computing the
+        ``[chunk, V]`` logits a chunk of tokens at a time and again in the backward pass
+        (``perceptrl.models.logits``), so memory does not grow with ``R x T x V``.
+
+        Also, on request: ``entropy`` ``[R, T]``, full-vocabulary entropy (``with_entropy``; with its
+        gradient if ``entropy_grad``, else detached); ``hidden`` ``[R, T, H]``, the output head's
+        input, detached (``keep_hidden``); ``sym_kl`` ``[R, T]``, the symmetric KL between this
+        distribution and the one of ``kl_hidden`` (another forward's ``hidden``; no gradient).
         """
         rows = torch.as_tensor(rows, dtype=torch.long)
         T = completion_ids.shape[1]
+        with_entropy = with_entropy or entropy_grad
+
+        def request(targets, expand=None, other=None) -> HeadRequest:
+            return HeadRequest(targets=targets, temperature=temperature, entropy=with_entropy,
+                               entropy_grad=entropy_grad, other_hidden=other, expand=expand,
+                               keep_hidden=keep_hidden, chunk=self.logits_chunk)
+
+        def part(t0, t1):
+            return None if kl_hidden is None else kl_hidden[:, t0:t1]
+
         if self.share_prompt_prefix and len(torch.unique(rows)) < len(rows):
-            # Each distinct prompt runs once; its cache is shared by the rows that repeat it.
-            prefix, inverse, position = self._prefix_forward(prompts, rows)
-            first = prefix.logits[:, -1:, :].index_select(0, inverse)  # predicts completion token 0
-            rest = None
+            # Each distinct prompt runs once; its cache is shared by the rows that repeat it. The
+            # prefix's last position predicts completion token 0 (for every row of that prompt).
+            _, inverse = torch.unique(rows, return_inverse=True)
+            with route_output_head(self.model, request(completion_ids[:, :1], inverse, part(0, 1))) as first:
+                prefix, inverse, position = self._prefix_forward(prompts, rows)
+            outputs, requests = [prefix.logits], [first]
             if T > 1:
                 attention = torch.cat([
                     prompts.attention_mask.index_select(0, rows.to(prompts.attention_mask.device)),
                     completion_mask[:, :-1].to(prompts.attention_mask.dtype),
                 ], dim=1)
                 positions = position + torch.arange(T - 1, device=position.device)
-                rest = self._continue(prefix.past_key_values, completion_ids[:, :-1], attention, positions).logits
-
-            def logits_of(start: int, stop: int) -> torch.Tensor:
-                return first[start:stop] if rest is None else torch.cat([first[start:stop], rest[start:stop]], dim=1)
+                with route_output_head(self.model, request(completion_ids[:, 1:], None, part(1, T))) as rest:
+                    outputs.append(self._continue(prefix.past_key_values, completion_ids[:, :-1], attention,
+                                                  positions).logits)
+                requests.append(rest)
+            values = torch.cat(outputs, dim=1)
+            hidden = torch.cat([r.hidden for r in requests], dim=1) if keep_hidden else None
         else:
             batch = prompts.select(rows)
             batch["input_ids"] = torch.cat([batch["input_ids"], completion_ids], dim=1)
@@ -375,28 +400,17 @@ class Policy:
             for key in TOKEN_ALIGNED_KEYS:
                 if key in batch:
                     batch[key] = F.pad(batch[key], (0, T), value=0)
-            out = self.model(**batch, logits_to_keep=T + 1, use_cache=False)
-            full = out.logits[:, :-1, :]
-
-            def logits_of(start: int, stop: int) -> torch.Tensor:
-                return full[start:stop]
-
-        n_rows = completion_ids.shape[0]
-        parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "entropy": []}
-        # Upcast a few rows at a time: at most one float32 [rows, T, V] block beyond the model's logits.
-        for start in range(0, n_rows, self.score_chunk_rows):
-            chunk = logits_of(start, start + self.score_chunk_rows).float()
-            if temperature != 1.0:
-                chunk = chunk / temperature
-            log_probs = chunk.log_softmax(-1)
-            ids = completion_ids[start : start + self.score_chunk_rows].unsqueeze(-1)
-            parts["logprobs"].append(log_probs.gather(-1, ids).squeeze(-1))
-            if with_entropy:  # logged by default; a loss term that needs its gradient asks for it
-                with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                    parts["entropy"].append(-(log_probs.exp() * log_probs).sum(-1))
-        result = {k: torch.cat(v) for k, v in parts.items() if v}
-        if with_logits:
-            result["logits"] = logits_of(0, n_rows)
+            # The last T + 1 positions: position P - 1 + t predicts completion token t (the last is unused).
+            with route_output_head(self.model, request(completion_ids, None, kl_hidden)) as req:
+                values = self.model(**batch, logits_to_keep=T + 1, use_cache=False).logits
+            hidden = req.hidden
+        columns = request(completion_ids, None, kl_hidden).columns
+        result = {name: values[..., k] for k, name in enumerate(columns)}
+        for name in ("entropy", "sym_kl"):  # columns without a gradient of their own
+            if name in result and not (name == "entropy" and entropy_grad):
+                result[name] = result[name].detach()
+        if keep_hidden:
+            result["hidden"] = hidden
         return result
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:

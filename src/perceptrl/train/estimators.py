@@ -5,9 +5,9 @@
 - :class:`NoisyGrpoEstimator`: NoisyGRPO's Kalman fusion of reward and noise-level prior.
 - :class:`DuplShaper`: DUPL's per-token bonuses. It runs *inside* the update
   (``UpdateSettings.shapers``), where the update's own forward already has what it needs (entropy,
-  logits, log-probs of the rollout policy), so the paper's full-vocabulary quantities cost one
-  extra no-grad forward on the noisy-branch rows only, and the released ones none beyond the
-  ``T(x)`` re-scoring.
+  the output head's input, log-probs of the rollout policy), so the paper's full-vocabulary
+  quantities cost one extra no-grad forward on the noisy-branch rows only, and the released ones
+  none beyond the ``T(x)`` re-scoring.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from perceptrl.algorithms.advantages import dupl_shape, group_advantage, noisy_grpo_advantage
 from perceptrl.algorithms.losses import masked_sum
-from perceptrl.algorithms.uncertainty import sampled_token_entropy, sym_kl_full, sym_kl_pointwise
+from perceptrl.algorithms.uncertainty import sampled_token_entropy, sym_kl_pointwise
 from perceptrl.bench.timer import timed
 from perceptrl.train.rollout import Rollout
 from perceptrl.train.update import MicroBatch
@@ -60,8 +60,10 @@ class DuplShaper:
 
     ``variant="paper"``: ``u_out`` is the full-vocabulary entropy under the row's own update view
     (``x`` for raw rows, ``x'`` for noisy rows), ``u_per`` the full-vocabulary symmetric KL between
-    the policy under ``x`` and under ``x'`` (the noisy rows are updated on ``x'``; their logits under
-    ``x`` come from one no-grad forward, reduced chunk by chunk). Both bonuses use the unshaped |A|.
+    the policy under ``x`` and under ``x'`` (the noisy rows are updated on ``x'``: the update's forward
+    keeps their output head's input under ``x'``, ``MicroBatch.hidden``; one no-grad forward under
+    ``x`` then computes the KL inside its output head, chunk by chunk, with no ``[rows, T, V]``
+    logits ever held). Both bonuses use the unshaped |A|.
     ``variant="released"``: every row is updated on ``x``; ``u_per`` is the pointwise form on the
     sampled token from ``lp_raw`` (the rollout policy's log-probs on ``x``) and ``lp_noisy``
     (``extra["noisy_logprobs"]``, re-scored under ``T(x)``); ``u_out = -p log p`` of the sampled
@@ -70,12 +72,11 @@ class DuplShaper:
     """
 
     def __init__(self, variant: str, alpha_p: float, beta_p: float, alpha_o: float, beta_o: float,
-                 use_u_per: bool = True, use_u_out: bool = True, chunk_rows: int = 16):
+                 use_u_per: bool = True, use_u_out: bool = True):
         self.variant = variant
         self.alpha_p, self.beta_p, self.alpha_o, self.beta_o = alpha_p, beta_p, alpha_o, beta_o
         self.use_u_per, self.use_u_out = use_u_per, use_u_out
-        self.chunk_rows = chunk_rows
-        self.needs_logits = variant == "paper" and use_u_per
+        self.needs_hidden = variant == "paper" and use_u_per
 
     def __call__(self, mb: MicroBatch):
         noisy = mb.rollout.tags["noisy_branch"][mb.rows].bool().to(mb.mask.device)
@@ -110,23 +111,18 @@ class DuplShaper:
         u_out = mb.entropy.detach().float()
         if not (self.use_u_per and noisy.any()):
             return u_out, None
+        if mb.hidden is None:
+            raise RuntimeError("DUPL paper variant with u_per needs the update's hidden states (keep_hidden)")
         u_per = torch.zeros_like(u_out)
         rollout, comp = mb.rollout, mb.rollout.completions
         picked = mb.rows[noisy.cpu()]
         local = noisy.nonzero().flatten()
         clean_rows = rollout.rows_for_view("clean")
-        # Logits under x for the noisy rows, ``chunk_rows`` at a time: with the update's logits under x'
-        # that is two [rows, T, V] blocks (model dtype), reduced to [rows, T] at once (sym_kl_full
-        # upcasts a few positions at a time).
-        for start in range(0, len(picked), self.chunk_rows):
-            rows, loc = picked[start : start + self.chunk_rows], local[start : start + self.chunk_rows]
-            with torch.no_grad(), timed("scoring/extra_views"):  # a no-grad forward inside the update
-                under_x = mb.policy.score(rollout.prompts, clean_rows[rows], comp.ids[rows], comp.mask[rows],
-                                          temperature=mb.temperature, with_logits=True)["logits"]
-                under_noisy = mb.logits[loc].detach()
-                if mb.temperature != 1.0:
-                    under_x, under_noisy = under_x / mb.temperature, under_noisy / mb.temperature
-                u_per[loc] = sym_kl_full(under_x, under_noisy)
+        # The noisy rows were scored under x' by the update; one no-grad forward under x computes, in its
+        # output head, the KL between its distribution and the one of the update's head input under x'.
+        with torch.no_grad(), timed("scoring/extra_views"):  # a no-grad forward inside the update
+            u_per[local] = mb.policy.score(rollout.prompts, clean_rows[picked], comp.ids[picked], comp.mask[picked],
+                                           temperature=mb.temperature, kl_hidden=mb.hidden[local])["sym_kl"]
         return u_out, u_per
 
     def _released(self, mb: MicroBatch, noisy: torch.Tensor):

@@ -96,7 +96,8 @@ class Recipe:
             max_grad_norm=c.train.max_grad_norm,
             max_len=c.rollout.max_new_tokens,
             temperature=c.rollout.temperature,
-            need_logits=any(getattr(piece, "needs_logits", False) for piece in [*terms, *self.shapers]),
+            entropy_grad=any(getattr(piece, "needs_entropy_grad", False) for piece in [*terms, *self.shapers]),
+            keep_hidden=any(getattr(piece, "needs_hidden", False) for piece in [*terms, *self.shapers]),
             terms=terms,
             shapers=self.shapers,
         )

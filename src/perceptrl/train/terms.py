@@ -1,8 +1,9 @@
 """Loss terms of the update, one per job; a recipe's loss is the sum of its terms.
 
 A term is ``term(mb) -> (scalar loss, stats)`` of a :class:`~perceptrl.train.update.MicroBatch`
-(see ``update.py`` for how stats are reduced). Terms that need the model's logits say so with a
-``needs_logits`` attribute, so that the update only keeps them when someone reads them.
+(see ``update.py`` for how stats are reduced). A term that trains on the full-vocabulary entropy
+says so with a ``needs_entropy_grad`` attribute: the update's scoring pass then returns it with its
+gradient (computed chunk by chunk inside the model's output head, ``perceptrl.models.logits``).
 
 - :func:`surrogate_term`: clipped surrogate with clip-higher and dual clip (every recipe).
 - :func:`reference_kl_term`: ``beta * agg(KL(pi || pi_ref))``, k1/k2/k3, optional TRL bias correction.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import torch
 
 from perceptrl.algorithms.losses import (
-    chunked_entropy,
     clipped_surrogate,
     importance_ratio,
     kl_penalty,
@@ -52,19 +52,19 @@ def reference_kl_term(beta: float, kind: str, bias_correction: bool = False, cla
     return term
 
 
-def entropy_bonus_term(coef: float, chunk: int = 64) -> LossTerm:
-    """Subtract ``coef`` times the full-vocabulary entropy (keeps exploring).
+def entropy_bonus_term(coef: float) -> LossTerm:
+    """Subtract ``coef`` times the full-vocabulary entropy of ``softmax(logits / temperature)`` (keeps exploring).
 
-    The entropy is computed from the update's logits in activation-checkpointed chunks over T
-    (``chunked_entropy``), so no float32 ``[b, T, V]`` block is kept for the backward pass.
+    The entropy and its gradient come from the update's scoring pass (``needs_entropy_grad``), where
+    the logits exist one chunk of tokens at a time, in the forward and the backward pass alike.
     """
 
     def term(mb: MicroBatch):
-        logits = mb.logits if mb.temperature == 1.0 else mb.logits / mb.temperature
-        entropy = chunked_entropy(logits, chunk_size=chunk)
-        return -coef * mb.agg(entropy), {}
+        if mb.entropy is None:
+            raise RuntimeError("entropy_bonus_term needs the update's entropy with its gradient (entropy_grad)")
+        return -coef * mb.agg(mb.entropy), {}
 
-    term.needs_logits = True
+    term.needs_entropy_grad = True
     return term
 
 

@@ -37,14 +37,14 @@ class MicroBatch:
     old_logprobs: torch.Tensor  # [b, T] detached (rollout policy)
     advantages: torch.Tensor  # [b] or [b, T]
     mask: torch.Tensor  # [b, T] float
-    entropy: torch.Tensor | None  # [b, T] full-vocabulary entropy (no gradient) if requested
+    entropy: torch.Tensor | None  # [b, T] full-vocabulary entropy if requested (with gradient if entropy_grad)
     extra: dict[str, torch.Tensor]  # precomputed per-row tensors sliced to this micro-batch
     agg: Callable[[torch.Tensor], torch.Tensor]  # aggregate [b, T] with the update's global denominators
     token_mean: Callable[[torch.Tensor], torch.Tensor]  # global token_mean, whatever the aggregation mode
     policy: Policy
     rollout: Rollout
     temperature: float = 1.0
-    logits: torch.Tensor | None = None  # [b, T, V] model logits (with gradient) if requested
+    hidden: torch.Tensor | None = None  # [b, T, H] the output head's input (detached) if keep_hidden
 
 
 LossTerm = Callable[[MicroBatch], tuple[torch.Tensor, dict]]
@@ -59,7 +59,8 @@ class UpdateSettings:
     max_len: int
     temperature: float = 1.0
     need_entropy: bool = True
-    need_logits: bool = False
+    entropy_grad: bool = False  # a term trains on the full-vocabulary entropy (its needs_entropy_grad)
+    keep_hidden: bool = False  # a piece reads MicroBatch.hidden (its needs_hidden)
     terms: list[LossTerm] = field(default_factory=list)
     shapers: list[Shaper] = field(default_factory=list)
 
@@ -132,7 +133,8 @@ def run_update(policy: Policy, optimizer, rollout: Rollout, settings: UpdateSett
         with timed("update/forward"):
             scored = policy.score(
                 rollout.prompts, rollout.update_rows[rows], comp.ids[rows], comp.mask[rows],
-                temperature=settings.temperature, with_entropy=settings.need_entropy, with_logits=settings.need_logits,
+                temperature=settings.temperature, with_entropy=settings.need_entropy,
+                entropy_grad=settings.entropy_grad, keep_hidden=settings.keep_hidden,
             )
         logprobs = scored["logprobs"]
         old = rollout.extra["old_logprobs"][rows] if "old_logprobs" in rollout.extra else logprobs.detach()
@@ -147,7 +149,7 @@ def run_update(policy: Policy, optimizer, rollout: Rollout, settings: UpdateSett
             rows=rows, logprobs=logprobs, old_logprobs=old, advantages=advantages[rows], mask=mb_mask,
             entropy=scored.get("entropy"), extra={k: v[rows] for k, v in rollout.extra.items()},
             agg=agg, token_mean=token_mean, policy=policy, rollout=rollout,
-            temperature=settings.temperature, logits=scored.get("logits"),
+            temperature=settings.temperature, hidden=scored.get("hidden"),
         )
         share = float(mb_mask.sum()) / global_tokens
         if shaping:
@@ -165,7 +167,7 @@ def run_update(policy: Policy, optimizer, rollout: Rollout, settings: UpdateSett
                 dist.backward(loss)
         loss_total += float(loss.detach())
         if mb.entropy is not None:
-            entropy_sum += float((mb.entropy * mb_mask).sum())
+            entropy_sum += float((mb.entropy.detach() * mb_mask).sum())
         del mb, scored, logprobs
 
     if shaping:
