@@ -54,7 +54,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -633,6 +633,20 @@ class FileSource:
         epoch, position = divmod(int(index), len(self._train))
         record = self._train[int(self.epoch_order(epoch)[position])]
         return _to_sample(record, self.data_cfg.max_image_pixels, epoch=epoch)
+
+    def keep_rows(self, keep: Callable[[Sample], bool]) -> tuple[int, int]:
+        """Keep only the training and validation rows whose sample passes ``keep`` (every row is decoded
+        once); returns ``(training rows dropped, validation rows dropped)``. Call before training starts:
+        the epoch orders are over the rows kept."""
+        before = len(self._train), len(self._val)
+        self._train = [r for r in self._train if keep(_to_sample(r, self.data_cfg.max_image_pixels))]
+        self._val = [r for r in self._val if keep(_to_sample(r, self.data_cfg.max_image_pixels))]
+        self._orders.clear()
+        self._val_cache = None
+        if not self._train:
+            raise DataError(", ".join(self.train_report.files), None, None,
+                            f"no training rows left after dropping {before[0]} too long prompts", "no_valid_rows")
+        return before[0] - len(self._train), before[1] - len(self._val)
 
     def val_samples(self) -> list[Sample]:
         """The first ``data.val_per_family`` validation rows of each family (file order); [] without

@@ -74,20 +74,65 @@ def enable_gradient_checkpointing(policy: Policy) -> None:
     """
     base = policy._base_model()
     kwargs = {"use_reentrant": False}
-    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    _checkpointing_enable(base, kwargs)
+    # The vision tower too (its blocks hold the image's activations): transformers enables every
+    # checkpointable layer of the model; a tower left out (an older version) is enabled on its own.
+    for _, tower in vision_towers(base):
+        layers = [m for m in tower.modules() if hasattr(m, "gradient_checkpointing") and m is not tower]
+        if layers and not all(m.gradient_checkpointing for m in layers) and hasattr(tower, "gradient_checkpointing_enable"):
+            _checkpointing_enable(tower, kwargs)
     policy.share_prompt_prefix = False
 
 
+def _checkpointing_enable(model, kwargs: dict) -> None:
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def prepare_for_training(policy: Policy, model_cfg) -> Policy:
-    """LoRA and gradient checkpointing as ``model_cfg`` (``config.model``) asks."""
+    """LoRA, a frozen vision tower, mixed precision and gradient checkpointing as ``model_cfg``
+    (``config.model``) asks. Mixed precision (``model.dtype`` bf16 / fp16): float32 master weights for
+    what trains, the compute dtype for what is frozen, forwards under autocast
+    (``perceptrl.models.precision``)."""
+    from perceptrl.models.precision import use_master_weights
+
     if model_cfg.lora.enabled:
         apply_lora(policy, model_cfg.lora)
+    if getattr(model_cfg, "freeze_vision_tower", False):
+        freeze_vision_tower(policy)
+    use_master_weights(policy, model_cfg.dtype)
     if model_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     return policy
+
+
+# What ``model.freeze_vision_tower`` freezes: Qwen-VL's ``visual`` (tower and merger, as EasyR1's
+# ``freeze_vision_tower`` does), LLaVA-OneVision's ``vision_tower`` (its projector keeps training, as
+# LLaVA's own "freeze the vision tower" option).
+VISION_TOWERS = ("visual", "vision_tower", "vision_model")
+
+
+def vision_towers(model) -> list[tuple[str, torch.nn.Module]]:
+    """The outermost vision-tower sub-modules (``VISION_TOWERS``) of ``model``."""
+    found = []
+    for name, module in unwrap(model).named_modules():
+        parts = name.split(".")
+        if parts[-1] in VISION_TOWERS and not any(p in VISION_TOWERS for p in parts[:-1]):
+            found.append((name, module))
+    return found
+
+
+def freeze_vision_tower(policy: Policy) -> list[str]:
+    """No gradient into the vision tower (``VISION_TOWERS``); returns the names of the frozen modules."""
+    found = vision_towers(policy.model)
+    if not found:
+        raise ValueError(f"model.freeze_vision_tower: no vision tower ({', '.join(VISION_TOWERS)}) in "
+                         f"{type(policy._base_model()).__name__}")
+    for _, module in found:
+        module.requires_grad_(False)
+    return [name for name, _ in found]
 
 
 class AdapterDisabled:

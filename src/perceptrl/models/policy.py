@@ -133,13 +133,18 @@ def _image_slice(images_per_prompt: list[int], prompt: int) -> range:
 class Policy:
     """Wraps a model and its processor; owns no optimizer and no training logic."""
 
-    def __init__(self, model, processor, system_prompt: str | None = None):
+    def __init__(self, model, processor, system_prompt: str | None = None, compute_dtype: torch.dtype | None = None):
         self.model = model
+        # bf16 / fp16 compute under autocast (float32 master weights: perceptrl.models.precision); None: as stored.
+        self.compute_dtype = compute_dtype
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer.padding_side = "left"
         self.system_prompt = system_prompt
+        # The chat template's end-of-turn token (what SFT appends); a completion stops at any of
+        # ``stop_token_ids``: it and the model's generation_config eos ids (Qwen2.5-VL: <|im_end|>, <|endoftext|>).
         self.eos_token_id = self._end_of_turn_id()
+        self.stop_token_ids = self._stop_token_ids()
         self.pad_token_id = self.tokenizer.pad_token_id
         if self.pad_token_id is None:
             self.pad_token_id = self.eos_token_id
@@ -160,6 +165,8 @@ class Policy:
         # Top-p filtering of batch-invariant sampling through a threshold on numpy-sorted values
         # (``_top_p_filter_threshold``: the same tokens kept, bit for bit); False: torch.sort + scatter.
         self.fast_top_p = True
+        # Pixel bounds applied to images in ``encode`` (processors that do not take them): set_pixel_bounds.
+        self.pixel_bounds: tuple[int | None, int | None] = (None, None)
 
     def _base_model(self):
         """The transformers model under any wrapper (a peft model forwards to it)."""
@@ -170,6 +177,22 @@ class Policy:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def autocast(self):
+        """The context every forward of this policy runs in: autocast to ``compute_dtype``, if set."""
+        from perceptrl.models.precision import autocast
+
+        return autocast(self.device, self.compute_dtype)
+
+    def _stop_token_ids(self) -> list[int]:
+        """The end-of-turn token, then the ids of the model's ``generation_config.eos_token_id`` (int or list)."""
+        ids = [self.eos_token_id]
+        generation = getattr(self._base_model(), "generation_config", None)
+        extra = getattr(generation, "eos_token_id", None)
+        for token in [extra] if isinstance(extra, int) else list(extra or []):
+            if isinstance(token, int) and token >= 0 and token not in ids:
+                ids.append(token)
+        return ids
+
     def _end_of_turn_id(self) -> int:
         for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
             token_id = self.tokenizer.convert_tokens_to_ids(token)
@@ -178,6 +201,39 @@ class Policy:
         return self.tokenizer.eos_token_id
 
     # ----------------------------------------------------------------- prompts
+    def set_pixel_bounds(self, min_pixels: int | None, max_pixels: int | None) -> None:
+        """Images keep ``width x height`` within ``[min_pixels, max_pixels]`` (EasyR1's ``data.min_pixels`` /
+        ``data.max_pixels``; None: the processor's own bound, as built or saved), aspect ratio kept.
+
+        Qwen-VL image processors take the bounds themselves (their resize rounds to whole merged
+        patches and never leaves the bounds); for others (LLaVA-OneVision) each image is resized in
+        :meth:`encode` first, as EasyR1's ``process_image`` does.
+        """
+        image_processor = getattr(self.processor, "image_processor", None)
+        if image_processor is not None and not hasattr(image_processor, "_perceptrl_size"):
+            image_processor._perceptrl_size = getattr(image_processor, "size", None)  # its own bounds, for None
+        size = getattr(image_processor, "_perceptrl_size", None)
+        try:
+            fields = dict(size)  # a dict, or transformers 5's SizeDict
+        except (TypeError, ValueError):
+            fields = {}
+        if fields.get("shortest_edge") or fields.get("longest_edge"):  # Qwen-VL: min / max pixels
+            if min_pixels is not None:
+                fields["shortest_edge"] = int(min_pixels)
+            if max_pixels is not None:
+                fields["longest_edge"] = int(max_pixels)
+            image_processor.size = type(size)(**fields)
+            for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+                if value is not None and hasattr(image_processor, name):  # older transformers read these
+                    setattr(image_processor, name, int(value))
+            self.pixel_bounds = (None, None)
+        else:
+            self.pixel_bounds = (min_pixels, max_pixels)
+
+    def prompt_length(self, user_text: str, images: Sequence[Any]) -> int:
+        """Tokens of one prompt as the model sees it: chat template and image tokens included."""
+        return int(self.encode([user_text], [list(images)]).attention_mask.sum())
+
     def chat_text(self, user_text: str, n_images: int) -> str:
         content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": user_text}]
         messages = []
@@ -189,6 +245,8 @@ class Policy:
     def encode(self, user_texts: Sequence[str], images: Sequence[Sequence[Any]]) -> EncodedPrompts:
         """Process each prompt once: ``user_texts[i]`` with the images ``images[i]``."""
         texts = [self.chat_text(t, len(imgs)) for t, imgs in zip(user_texts, images)]
+        if any(bound is not None for bound in self.pixel_bounds):
+            images = [[resize_within(img, *self.pixel_bounds) for img in imgs] for imgs in images]
         flat_images = [img for imgs in images for img in imgs]
         image_arg = [list(imgs) for imgs in images] if self.images_per_prompt_nested else flat_images
         processed = self.processor(
@@ -226,7 +284,7 @@ class Policy:
         if not do_sample:
             row_seeds = None
         if self.fast_generation:
-            with torch.inference_mode(), _eval_mode(self.model):
+            with torch.inference_mode(), _eval_mode(self.model), self.autocast():
                 ids, logits = self._sample(prompts, rows, max_new_tokens, temperature, top_p, do_sample, return_logprobs,
                                            row_seeds)
             return self._completions(ids.clone(), rows, logits, temperature if do_sample else 1.0)
@@ -234,7 +292,7 @@ class Policy:
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
-            eos_token_id=self.eos_token_id,
+            eos_token_id=list(self.stop_token_ids),
             pad_token_id=self.pad_token_id,
             suppress_tokens=self.suppressed_token_ids or None,
             return_dict_in_generate=True,
@@ -249,7 +307,7 @@ class Policy:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode(), _eval_mode(self.model):
+        with torch.inference_mode(), _eval_mode(self.model), self.autocast():
             out = getattr(self.model, "module", self.model).generate(**batch, **kwargs)  # under a DDP wrapper
         # Clone out of inference mode: these ids are fed to forwards that need gradients.
         ids = out.sequences[:, prompts.prompt_length :].clone()
@@ -257,7 +315,7 @@ class Policy:
         return self._completions(ids, rows, logits, temperature if do_sample else 1.0)
 
     def _completions(self, ids, rows, logits, temperature: float) -> Completions:
-        mask, truncated = completion_mask(ids, self.eos_token_id)
+        mask, truncated = completion_mask(ids, self.stop_token_ids)
         ids = ids.masked_fill(mask == 0, self.pad_token_id)
         logprobs = None
         if logits is not None:
@@ -293,8 +351,8 @@ class Policy:
         """Sampling loop over a shared, expanded prompt cache: ``[R, L]`` ids (and raw logits).
 
         Same processing as ``model.generate`` here: vision special tokens suppressed, then
-        temperature, then top-p; rows that emitted the end-of-turn token continue with padding;
-        stops when every row has ended.
+        temperature, then top-p; rows that emitted a stop token (``stop_token_ids``) continue with
+        padding; stops when every row has ended.
         """
         out, inverse, position = self._prefix_forward(prompts, rows)
         cache = _preallocate(out.past_key_values, max_new_tokens)
@@ -302,6 +360,7 @@ class Policy:
         attention = prompts.attention_mask.index_select(0, rows.to(prompts.attention_mask.device))
         device = logits.device
         suppress = torch.tensor(self.suppressed_token_ids, dtype=torch.long, device=device)
+        stop = torch.tensor(self.stop_token_ids, dtype=torch.long, device=device)
         unfinished = torch.ones(len(rows), dtype=torch.bool, device=device)
         ones = attention.new_ones(len(rows), 1)
         tokens, raw = [], []
@@ -326,7 +385,7 @@ class Policy:
                 next_token = scores.argmax(-1)
             next_token = torch.where(unfinished, next_token, torch.full_like(next_token, self.pad_token_id))
             tokens.append(next_token)
-            unfinished = unfinished & (next_token != self.eos_token_id)
+            unfinished = unfinished & ~torch.isin(next_token, stop)
             if step == max_new_tokens - 1 or not bool(unfinished.any()):
                 break
             attention = torch.cat([attention, ones], dim=1)
@@ -359,7 +418,14 @@ class Policy:
         gradient if ``entropy_grad``, else detached); ``hidden`` ``[R, T, H]``, the output head's
         input, detached (``keep_hidden``); ``sym_kl`` ``[R, T]``, the symmetric KL between this
         distribution and the one of ``kl_hidden`` (another forward's ``hidden``; no gradient).
+        Runs under the policy's autocast (``compute_dtype``); the values are float32.
         """
+        with self.autocast():
+            return self._score(prompts, rows, completion_ids, completion_mask, temperature, with_entropy,
+                               entropy_grad, keep_hidden, kl_hidden)
+
+    def _score(self, prompts, rows, completion_ids, completion_mask, temperature, with_entropy, entropy_grad,
+               keep_hidden, kl_hidden) -> dict[str, torch.Tensor]:
         rows = torch.as_tensor(rows, dtype=torch.long)
         T = completion_ids.shape[1]
         with_entropy = with_entropy or entropy_grad
@@ -418,6 +484,22 @@ class Policy:
             self.tokenizer.decode(row[: int(m.sum())].tolist(), skip_special_tokens=True)
             for row, m in zip(ids, mask)
         ]
+
+
+def resize_within(image, min_pixels: int | None, max_pixels: int | None):
+    """``image`` (PIL) resized, aspect ratio kept, so that ``width x height`` is within the bounds
+    (EasyR1 ``verl/utils/dataset.py: process_image``: scale by ``sqrt(bound / area)``, sizes truncated)."""
+    import math
+
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        factor = math.sqrt(max_pixels / (width * height))
+        image = image.resize((max(1, int(width * factor)), max(1, int(height * factor))))
+        width, height = image.size
+    if min_pixels is not None and width * height < min_pixels:
+        factor = math.sqrt(min_pixels / (width * height))
+        image = image.resize((int(width * factor), int(height * factor)))
+    return image
 
 
 @contextlib.contextmanager
@@ -577,9 +659,12 @@ def _top_p_filter_threshold(scores: torch.Tensor, top_p: float) -> torch.Tensor 
     return out
 
 
-def completion_mask(ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """1 on tokens up to and including the first end-of-turn token; also which rows never ended."""
-    is_eos = ids == eos_token_id
+def completion_mask(ids: torch.Tensor, stop_token_ids: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """1 on tokens up to and including the first stop token (any of ``stop_token_ids``); also which
+    rows never stopped (truncated)."""
+    stop = torch.as_tensor([stop_token_ids] if isinstance(stop_token_ids, int) else list(stop_token_ids),
+                           dtype=ids.dtype, device=ids.device)
+    is_eos = torch.isin(ids, stop)
     ended = is_eos.any(-1)
     first_eos = torch.where(ended, is_eos.float().argmax(-1), torch.full_like(ended, ids.shape[1], dtype=torch.long))
     positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)

@@ -20,7 +20,7 @@ import torch
 
 from perceptrl.bench.timer import step_timer, timed
 from perceptrl.config import Config, save_config
-from perceptrl.data.sources import build_source
+from perceptrl.data.sources import build_source, limit_prompt_length
 from perceptrl.eval.evaluate import evaluate_greedy
 from perceptrl.models.engines import build_engine
 from perceptrl.models.loading import load_policy
@@ -84,9 +84,12 @@ def train(config: Config, policy=None) -> TrainResult:
 
     model_cfg = config.model if dist.device is None else dataclasses.replace(config.model, device=str(dist.device))
     policy = prepare_for_training(policy or load_policy(model_cfg, config.data.system_prompt), config.model)
+    policy.set_pixel_bounds(config.data.min_pixels, config.data.max_pixels)  # EasyR1's data.min/max_pixels
     reference = reference_policy(policy) if config.algorithm.kl_beta > 0 else None  # LoRA: adapter off
     engine = build_engine(r_cfg.engine, policy, config.model)  # hf: the policy itself
     template = get_template(config.data.template)
+    source = limit_prompt_length(source, lambda s: policy.prompt_length(template.instruction(s.problem), s.images),
+                                 config.data.max_prompt_length, config.data.filter_overlong_prompts)
     reward_fn = RewardFunction(config.data.template, config.reward.accuracy_weight, config.reward.format_weight)
     recipe = build_recipe(config)
     optimizer = make_optimizer(policy.model, t_cfg)

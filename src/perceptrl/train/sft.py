@@ -19,6 +19,7 @@ from perceptrl.data.sources import build_source
 from perceptrl.data.types import Sample
 from perceptrl.eval.evaluate import evaluate_greedy
 from perceptrl.models.loading import load_policy
+from perceptrl.models.precision import use_master_weights
 from perceptrl.models.policy import Policy
 from perceptrl.rewards import RewardFunction, get_template
 from perceptrl.train.checkpoint import save_final
@@ -50,7 +51,8 @@ def sft(config: Config, policy: Policy | None = None) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     setup_torch(config)
-    policy = policy or load_policy(config.model, config.data.system_prompt)
+    policy = use_master_weights(policy or load_policy(config.model, config.data.system_prompt), config.model.dtype)
+    policy.set_pixel_bounds(config.data.min_pixels, config.data.max_pixels)
     template = get_template(config.data.template)
     reward_fn = RewardFunction(config.data.template, config.reward.accuracy_weight, config.reward.format_weight)
     optimizer = make_optimizer(policy.model, t_cfg)
