@@ -6,6 +6,7 @@ Examples::
     perceptrl bench --sections recipes --recipes grpo papo_g dupl --sizes tiny medium
     perceptrl bench --sections scaling --sizes tiny medium --repeats 2
     perceptrl bench --sections speedups --sizes tiny medium
+    perceptrl bench --sections memory                          # peak memory of one update at V = 151,936
 
 Writes ``<output-dir>/bench.json``, ``bench.png`` (CPU seconds) and ``bench.md`` (tables).
 """
@@ -17,14 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-SECTIONS = ("recipes", "scaling", "speedups")
+SECTIONS = ("recipes", "scaling", "speedups", "memory")
 
 
 def register(subparsers) -> None:
     """Add this package's subcommands to the ``perceptrl`` parser."""
     p = subparsers.add_parser("bench", help="benchmark seconds per step of the recipes (real training loop)",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS[:3]),
+                   help="default: recipes scaling speedups (memory runs only when named)")
     p.add_argument("--recipes", nargs="+", default=None, help="recipe names (default: all in recipes/)")
     p.add_argument("--sizes", nargs="+", default=["tiny", "medium"], help="model sizes (perceptrl.bench.models)")
     p.add_argument("--recipe-sizes", nargs="+", default=None,
@@ -45,6 +47,9 @@ def register(subparsers) -> None:
                    help="use the verifier's rewards as they are (an untrained model is never right)")
     p.add_argument("--output-dir", default="runs/bench")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model, small batches, under a minute")
+    p.add_argument("--memory-lengths", type=int, nargs="+", default=[256, 1024],
+                   help="memory section: completion lengths T (one update each, V = 151,936)")
+    p.add_argument("--memory-rows", type=int, nargs="+", default=[1, 4], help="memory section: completions per update")
     p.add_argument("--report-from", nargs="+", default=None, metavar="RAW_JSONL",
                    help="run nothing: summarise the raw.jsonl file(s) of earlier (possibly interrupted) runs")
     p.set_defaults(func=cmd_bench)
@@ -72,6 +77,13 @@ def cmd_bench(args) -> int:
             "load_min": min(loads), "load_max": max(loads), "sources": args.report_from,
         }
         return _write(summarise(cases, results, meta), out_dir)
+    sections = list(args.sections)
+    if "memory" in sections:  # its own cases (perceptrl.bench.memory): not steps of the training loop
+        sections.remove("memory")
+        _memory_section(args, out_dir)
+        if not sections:
+            return 0
+    args.sections = sections
     scaling_axes = SCALING_AXES
     if args.quick:
         args.sizes, args.prompts, args.completions, args.tokens = ["tiny"], 2, 4, 16
@@ -119,6 +131,27 @@ def cmd_bench(args) -> int:
         "total_seconds": time.perf_counter() - t0, "sections": sections,
     }
     return _write(summarise(cases, results, meta), out_dir)
+
+
+def _memory_section(args, out_dir: Path) -> None:
+    """Peak resident memory of one update at the real vocabulary (``perceptrl.bench.memory``)."""
+    import json
+
+    from perceptrl.bench.memory import MemoryCase, markdown, run_memory_section
+
+    lengths, rows = args.memory_lengths, args.memory_rows
+    extra = [MemoryCase(tokens=512, rows=4, threads=args.threads),  # the issue's scoring measurement
+             MemoryCase(tokens=max(lengths), rows=max(rows), threads=args.threads, fused_adamw=True)]
+    if args.quick:
+        lengths, rows, extra = [64], [2], []
+    print(f"perceptrl bench --sections memory: T in {lengths}, rows in {rows} (one process per case)", flush=True)
+    results = run_memory_section(lengths, rows, threads=args.threads, extra_cases=extra)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "memory.json").write_text(json.dumps(results, indent=1))
+    table = markdown(results)
+    (out_dir / "memory.md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {out_dir / 'memory.json'}, {out_dir / 'memory.md'}")
 
 
 def _write(report: dict, out_dir: Path) -> int:

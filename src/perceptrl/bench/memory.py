@@ -46,6 +46,7 @@ class MemoryCase:
     threads: int = 1
     image_size: int = 112
     fused_adamw: bool = False  # torch's fused AdamW instead of the training loop's optimizer (train.rl.make_optimizer)
+    gradient_checkpointing: bool = True  # as EasyR1's default (worker.actor.model.enable_gradient_checkpointing)
 
 
 def _rss_mb() -> float:
@@ -118,6 +119,10 @@ def run_memory_case(case: MemoryCase) -> dict:
     rss_start = _rss_mb()
     model, processor = build_real_shape(seed=0)
     policy = Policy(model, processor)
+    if case.gradient_checkpointing:
+        from perceptrl.models.lora import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(policy)
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     weight_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / MB
@@ -210,8 +215,11 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         c = r["case"]
         split = (f" ({r['backward_peak_mb']:.0f} / {r['optimizer_peak_mb']:.0f})" if "backward_peak_mb" in r else "")
+        optimizer = "fused" if c.get("fused_adamw") else "loop"
+        if not c.get("gradient_checkpointing", False):
+            optimizer += ", no checkpointing"
         lines.append(
-            f"| {c['tokens']} | {c['rows']} | {'fused' if c.get('fused_adamw') else 'loop'} | {r['floor_mb']:.0f} "
+            f"| {c['tokens']} | {c['rows']} | {optimizer} | {r['floor_mb']:.0f} "
             f"({r['weights_mb']:.0f} + {r['grads_adam_mb']:.0f} + {r['chunk_mb']:.0f}) | "
             f"{r['peak_minus_extra_mb']:.0f}{split} | {r['ratio']:.2f} | {r['score_growth_mb']:.0f} | "
             f"{r['score_growth_over_logits']:.2f} | {r['update_seconds']:.1f} |"
