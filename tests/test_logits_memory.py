@@ -114,10 +114,16 @@ def test_logprobs_entropy_and_gradients_equal_whole_logits(family, reference, sh
         assert any("visual" in k or "vision" in k for k in new[1])  # the gradient reaches the vision tower
 
 
-def test_bfloat16_weights_match_whole_logits(reference):
-    """bf16 weights (bf16 logits, as before): same values to bf16 resolution, gradients to 2 %."""
+@pytest.mark.parametrize("mode", ["bf16_weights", "fp32_master_autocast"])
+def test_bfloat16_matches_whole_logits(reference, mode):
+    """bf16 weights (bf16 logits, as before), and float32 master weights under bf16 autocast (what
+    model.dtype=bfloat16 trains with): the same values, gradients to 2 % (bf16 products rounded per
+    chunk instead of once)."""
     model, processor = build_tiny_family("qwen2_5_vl", seed=0)
-    policy = Policy(model.to(torch.bfloat16).train(), processor)
+    if mode == "bf16_weights":
+        policy = Policy(model.to(torch.bfloat16).train(), processor)
+    else:
+        policy = Policy(model.train(), processor, compute_dtype=torch.bfloat16)
     case = _case(policy)
     new = _scores_and_grads(policy, *case, 1.0)
     ref = reference(lambda: _scores_and_grads(policy, *case, 1.0))
@@ -125,7 +131,8 @@ def test_bfloat16_weights_match_whole_logits(reference):
     m = case[3].bool()
     torch.testing.assert_close(a["logprobs"][m], b["logprobs"][m], atol=1e-5, rtol=0)  # same bf16 logits
     torch.testing.assert_close(a["entropy"][m], b["entropy"][m], atol=1e-5, rtol=0)
-    for key in ga:  # bf16 products rounded per chunk instead of once: relative error of the gradient norm
+    for key in ga:  # relative error of each gradient
+        assert ga[key].dtype == next(p for n, p in policy.model.named_parameters() if n == key).dtype
         assert (ga[key].float() - gb[key].float()).norm() <= 0.02 * gb[key].float().norm() + 1e-6, key
 
 

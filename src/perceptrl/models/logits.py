@@ -174,9 +174,12 @@ class _LinearHeadStats(torch.autograd.Function):
         if not ctx.entropy_grad:
             g_ent = None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        # Weight and bias gradients accumulate over the chunks in the parameter's own dtype, in place:
+        # float32 master weights get a float32 sum; bf16 weights (DeepSpeed / FSDP bf16) a bf16 one with
+        # each chunk's product added in one rounding (as Liger Kernel), no float32 [V, H] copy.
         grad_h = torch.zeros_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b and bias is not None else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
         n, chunk = hidden.shape[0], ctx.chunk
         with ctx.autocast():  # each chunk's logits exactly as in the forward pass
             for s in range(0, n, chunk):
@@ -193,17 +196,13 @@ class _LinearHeadStats(torch.autograd.Function):
                 grad = grad.to(dtype)  # as autograd would hand it to the linear layer
                 if need_h:
                     grad_h[s:s + chunk] = grad @ weight  # under autocast: bf16 matmul, as the linear's backward
-                if need_w and grad.dtype == grad_w.dtype and h.dtype == grad_w.dtype:
-                    grad_w.addmm_(grad.t(), h)  # float32 accumulator over chunks, in place
-                elif need_w:  # bf16 compute (autocast or bf16 weights): the chunk's product, then accumulated
+                if need_w and grad.dtype == grad_w.dtype == h.dtype:
+                    grad_w.addmm_(grad.t(), h)
+                elif need_w:  # autocast: the chunk's bf16 product, added to the float32 sum
                     grad_w.add_(grad.t() @ h)
                 if grad_b is not None:
-                    grad_b.add_(grad.float().sum(0))
+                    grad_b.add_(grad.sum(0))
                 del grad
-        if grad_w is not None and grad_w.dtype != weight.dtype:
-            grad_w = grad_w.to(weight.dtype)
-        if grad_b is not None and grad_b.dtype != bias.dtype:
-            grad_b = grad_b.to(bias.dtype)
         return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
