@@ -332,20 +332,38 @@ def test_minibatch_and_round_sizes_must_split_over_processes():
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def test_loop_counts_rollout_steps_from_one_and_the_lr_schedule_in_optimizer_steps(tmp_path):
+def test_loop_counts_rollout_steps_from_one_and_the_lr_schedule_in_optimizer_steps(tmp_path, monkeypatch):
     """DUPL (paper plan, two groups per prompt) with 3 prompts in mini-batches of one: p_noi(s) = 1 - s/S
-    read at s = 1, 2 (S = 2), three optimizer steps per rollout step, a warm-up of 6 optimizer steps."""
+    read at s = 1, 2 (S = 2), three optimizer steps per rollout step, a warm-up of 8 optimizer steps.
+    The second optimizer step of rollout step 2 has an infinite loss: skipped alone, and counted."""
+    import dataclasses
+
+    from perceptrl.train import rl
     from perceptrl.train.rl import train
+
+    calls = []
+
+    def faulty_update(policy, optimizer, rollout, settings, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            infinite = [lambda mb: (mb.logprobs.sum() * math.inf, {})]
+            settings = dataclasses.replace(settings, terms=[*settings.terms, *infinite])
+        return run_update(policy, optimizer, rollout, settings, *args, **kwargs)
+
+    monkeypatch.setattr(rl, "run_update", faulty_update)
 
     config = load_config("recipes/dupl.yaml", [
         "data.rollout_batch_size=3", "train.global_batch_size=1", "rollout.n=2", "rollout.max_new_tokens=6",
-        "data.val_per_family=1", "train.max_steps=2", "train.warmup_steps=6", "train.lr=1e-3",
+        "data.val_per_family=1", "train.max_steps=2", "train.warmup_steps=8", "train.lr=1e-3",
         "train.progress=false", "train.num_threads=1", "train.save_final=false", f"train.output_dir={tmp_path}"])
     result = train(config)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     assert [r["dupl/p_noi"] for r in steps] == [0.5, 0.0]  # s = 1, 2 (0-based counting would give 1.0, 0.5)
-    assert [r["update/optimizer_steps"] for r in steps] == [3.0, 3.0]
-    assert [r["lr"] for r in steps] == pytest.approx([1e-3 * 4 / 6, 1e-3])  # LambdaLR: (k + 1) / 6 after k steps
+    assert [r["update/optimizer_steps"] for r in steps] == [3.0, 2.0]
+    assert [r.get("skipped_step", 0.0) for r in steps] == [0.0, 1.0] and steps[1]["skipped_steps"] == 1
+    assert [r["bad_steps"] for r in steps] == [0, 1]
+    # LambdaLR factor (k + 1) / 8 after k optimizer steps taken: 3, then 5 (the skipped one does not count)
+    assert [r["lr"] for r in steps] == pytest.approx([1e-3 * 4 / 8, 1e-3 * 6 / 8])
     assert steps[0]["ratio_mean/first_mb"] == 1.0 and steps[0]["update/rows"] == 6.0  # one branch of 2 x 2 x 3
     assert "clip_frac_high/later_mbs" in steps[0] and result.history[0]["time/scoring/old"] > 0
