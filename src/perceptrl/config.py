@@ -176,13 +176,13 @@ class FiltersConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/default"
-    max_steps: int = 50
+    max_steps: int = 50  # rollout steps (EasyR1 trainer.max_steps; each one or more optimizer steps)
     seed: int = 0
     lr: float = 1e-5
     weight_decay: float = 0.01
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     max_grad_norm: float = 1.0
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear LR warm-up, in optimizer steps
     global_batch_size: int | None = None  # prompts per optimizer step (PPO mini-batch; EasyR1
     #   worker.actor.global_batch_size); None: the whole rollout batch, one optimizer step per epoch
     micro_batch_size: int = 64  # sequences per forward/backward in the update
@@ -190,10 +190,10 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 0  # 0 = only before and after training
     save_final: bool = True
-    save_steps: int = 0  # write a checkpoint every N optimizer steps (0 = never)
+    save_steps: int = 0  # write a checkpoint every N rollout steps (0 = never)
     save_total_limit: int = 2  # keep only the newest N checkpoints
     resume: str = "auto"  # auto (newest complete checkpoint in output_dir, if any) | none | a checkpoint path
-    max_bad_steps: int = 3  # stop after this many consecutive steps with a non-finite loss, reward or gradient
+    max_bad_steps: int = 3  # stop after this many rollout steps in a row with a non-finite loss, reward or gradient
     progress: bool = True
     deterministic: bool = False
     num_threads: int = 0  # 0 = leave torch's default
