@@ -240,8 +240,14 @@ def tiny_rollout(warm_policy):
     return rollout
 
 
-def test_first_minibatch_has_ratio_one_and_later_ones_do_not(warm_policy, tiny_rollout):
-    trajectory, steps = _run_minibatches(warm_policy, tiny_rollout, micro_batch_size=64)
+@pytest.fixture(scope="module")
+def whole_minibatches(warm_policy, tiny_rollout):
+    """3 optimizer steps, each on one mini-batch in one micro-batch."""
+    return _run_minibatches(warm_policy, tiny_rollout, micro_batch_size=64)
+
+
+def test_first_minibatch_has_ratio_one_and_later_ones_do_not(whole_minibatches):
+    trajectory, steps = whole_minibatches
     assert all((b - a).abs().max() > 0 for a, b in zip(trajectory, trajectory[1:]))  # each step trains
     first = steps[0]
     assert first["ratio_mean"] == 1.0 and first["ratio_max"] == 1.0 and first["ppo_kl"] == 0.0  # exactly
@@ -250,8 +256,9 @@ def test_first_minibatch_has_ratio_one_and_later_ones_do_not(warm_policy, tiny_r
         assert later["ratio_max"] > 1.0 and later["ratio_mean"] != 1.0 and later["ppo_kl"] != 0.0
 
 
-def test_splitting_a_minibatch_into_micro_batches_leaves_each_step_unchanged(warm_policy, tiny_rollout):
-    whole, whole_steps = _run_minibatches(warm_policy, tiny_rollout, micro_batch_size=64)
+def test_splitting_a_minibatch_into_micro_batches_leaves_each_step_unchanged(warm_policy, tiny_rollout,
+                                                                            whole_minibatches):
+    whole, whole_steps = whole_minibatches
     split, split_steps = _run_minibatches(warm_policy, tiny_rollout, micro_batch_size=3)  # 3 + 1 rows
     for k, (a, b) in enumerate(zip(whole, split)):
         assert torch.allclose(a, b, atol=1e-6), (k, float((a - b).abs().max()))

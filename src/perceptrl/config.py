@@ -167,7 +167,7 @@ class FiltersConfig:
     accuracy_low: float = 0.01  # keep a group when accuracy_low < mean accuracy < accuracy_high (PAPO code)
     accuracy_high: float = 0.99
     max_tries: int = 20  # at most this many generation rounds per step, then train on what there is
-    round_prompts: int = 0  # prompts generated per round (0 = data.rollout_batch_size)
+    round_prompts: int = 0  # prompts generated per round, over all processes (0 = data.rollout_batch_size)
     overlong_mask: bool = False  # take truncated completions out of the loss
     overlong_penalty: bool = False  # add DAPO's soft length punishment to the reward
     overlong_cache: int | None = None  # L_cache of the punishment, in tokens (None = 20% of rollout.max_new_tokens)
