@@ -42,7 +42,7 @@ def resolve_model_config(path: str) -> tuple[Path | None, str]:
     ``None`` for the tiny test models (built in code). A local folder wins over a shipped config.
     """
     if path == "tiny" or path.startswith("tiny:"):
-        return None, f"{path} (the offline test model, built in code)"
+        return None, "the offline test model, built in code"
     if path == "warmstart":
         from perceptrl.models.loading import WARMSTART_DIR
 
@@ -156,7 +156,7 @@ class Plan:
     image_tokens: int
     prompt_tokens: int
     estimates: list = field(default_factory=list)
-    host_offload: dict = field(default_factory=dict)
+    host_offload: int = 0  # bytes of host memory per node for the offloaded shards
     checks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -169,7 +169,7 @@ class Plan:
         return (batch // (t.global_batch_size or batch)) * t.ppo_epochs
 
 
-def image_pixels(config: Config, shape: ModelShape) -> tuple[int, str]:
+def image_pixels(config: Config) -> tuple[int, str]:
     """Pixels of one image as the processor will see it (an upper bound for data files), and why."""
     d = config.data
     low = d.min_pixels or QWEN_VL_MIN_PIXELS
@@ -194,7 +194,7 @@ def make_plan(config: Config, command: str = "train", source: str = "") -> Plan:
     model, model_source = build_model(config)
     shape = model_shape(model, config, sft)
     per_prompt = completions_per_prompt(config, sft)
-    pixels, pixel_note = image_pixels(config, shape)
+    pixels, pixel_note = image_pixels(config)
     image_tokens = max(1, pixels // (shape.patch_size * shape.merge_size) ** 2) if shape.vision_layers else 0
     prompt_tokens = image_tokens + TEXT_TOKENS
     if config.data.max_prompt_length:
@@ -210,7 +210,7 @@ def make_plan(config: Config, command: str = "train", source: str = "") -> Plan:
         for offload in ((False,) if n == 1 else (False, True)):
             plan.estimates.append(estimate_memory(shape, workload(config, shape, plan, n, sft), n, offload))
         if n > 1:
-            plan.host_offload[n] = host_offload_bytes(shape, workload(config, shape, plan, n, sft), n)
+            plan.host_offload = host_offload_bytes(shape, workload(config, shape, plan, n, sft), n)  # same for any n
     if not sft:
         for n in GPU_COUNTS:
             for key, value in (("data.rollout_batch_size", d.rollout_batch_size), ("train.global_batch_size", t.global_batch_size)):
@@ -306,7 +306,7 @@ def _memory_lines(plan: Plan) -> list[str]:
     lines.append(line)
     if plan.host_offload:
         lines.append(f"  offload: the shards of weights, gradients and AdamW state take "
-                     f"{_fmt(next(iter(plan.host_offload.values())), GIB)} GiB of host memory per node")
+                     f"{_fmt(plan.host_offload, GIB)} GiB of host memory per node")
     return lines
 
 
