@@ -39,8 +39,8 @@ import json
 import logging
 import os
 import random
-import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -258,6 +258,9 @@ def _keep_process_state():
 
 
 # ----------------------------------------------------------------------------- engine
+_LIVE: weakref.ref | None = None  # the process's live engine
+
+
 class VLLMEngine:
     """Generation with vLLM beside the training model (see the module docstring)."""
 
@@ -280,6 +283,10 @@ class VLLMEngine:
                         "memory during the update (set rollout.vllm_sleep=false to silence this)",
                         current_platform.device_type or "this platform")
         self.asleep = False
+        global _LIVE
+        previous = _LIVE() if _LIVE is not None else None
+        if previous is not None:
+            previous.close()  # one engine per process (see close)
         self._tmp = tempfile.TemporaryDirectory(prefix="perceptrl-vllm-")
         folder = serving_folder(policy, model_path, Path(self._tmp.name))
         kwargs: dict[str, Any] = dict(
@@ -297,6 +304,7 @@ class VLLMEngine:
             # several training processes, one engine each on its own device (TRL's colocate mode)
             kwargs["distributed_executor_backend"] = "external_launcher"
             kwargs["seed"] = seed + dist.get_rank()
+        self.llm = None
         try:
             with _keep_process_state():
                 self.llm = LLM(**kwargs)
@@ -304,12 +312,15 @@ class VLLMEngine:
             first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise VLLMError(f"model.path: vLLM {self.version} cannot serve '{model_path}' ({type(err).__name__}: "
                             f"{first[:300]}); set rollout.engine=hf") from err
+        _LIVE = weakref.ref(self)
         if self.sleep:
             self.release()
 
     # ------------------------------------------------------------------ weights
     def sync_weights(self) -> None:
         """Copy the policy's current weights in (LoRA merged), then drop caches computed with the old ones."""
+        if self.llm is None:
+            raise RuntimeError("this vLLM engine was closed (a process holds one: a newer one closes the older)")
         if self.asleep:
             self.llm.wake_up(tags=["weights"])
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weight_stream(self.policy.model)})
@@ -357,6 +368,8 @@ class VLLMEngine:
         torch's generator (reseeded by the loop every step). vLLM's sampler is not the ``hf``
         engine's, so the same seed gives another sample.
         """
+        if self.llm is None:
+            raise RuntimeError("this vLLM engine was closed (a process holds one: a newer one closes the older)")
         if self.asleep:
             raise RuntimeError("VLLMEngine.generate after release() without sync_weights()")
         rows = torch.as_tensor(rows, dtype=torch.long)
@@ -370,12 +383,15 @@ class VLLMEngine:
         return completions_from_outputs(outputs, rows, self.policy.pad_token_id, self.policy.device)
 
     def close(self) -> None:
-        """Shut vLLM down and remove the serving folder (also done when the engine is garbage-collected)."""
-        llm = getattr(self, "llm", None)
+        """Shut vLLM down and remove the serving folder.
+
+        vLLM's in-process shutdown tears down its process-wide parallel state, which every engine of
+        the process uses: so a process holds one live engine, and starting one closes the previous
+        (at a known time, rather than whenever the garbage collector finalises it)."""
+        llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             with contextlib.suppress(Exception):
                 llm.llm_engine.engine_core.shutdown()
-            self.llm = None
         if getattr(self, "_tmp", None) is not None:
-            shutil.rmtree(self._tmp.name, ignore_errors=True)
+            self._tmp.cleanup()
             self._tmp = None

@@ -45,8 +45,9 @@ def mismatch_stats(lp_train: torch.Tensor, lp_rollout: torch.Tensor, mask: torch
     n = float(mask.sum())
     if n == 0:
         return {}
-    log_ratio = (lp_train - lp_rollout).float() * mask  # log(pi / mu)
-    k3 = (torch.exp(log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)) - log_ratio - 1) * mask
+    # float64 and expm1: r - log r - 1 ~ (log r)^2 / 2 is below float32's resolution for log r ~ 1e-4
+    log_ratio = (lp_train.double() - lp_rollout.double()) * mask  # log(pi / mu)
+    k3 = (torch.expm1(log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)) - log_ratio) * mask
     diff = log_ratio.abs()
     return {
         "mismatch/kl": float(k3.sum()) / n,
