@@ -43,6 +43,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # never on unless the user says so
     tiny_seed: int = 0  # initial weights when path == "tiny"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
+    freeze_vision_tower: bool = False  # no gradient into the vision encoder (EasyR1 worker.actor.model.freeze_vision_tower)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -65,6 +66,12 @@ class DataConfig:
     on_bad_sample: str = "error"  # error | skip: what to do with a malformed row of a data file
     max_prompt_chars: int = 8192  # longest problem (and answer) text accepted from data files, in characters
     max_image_pixels: int = 50_000_000  # largest image (width x height) accepted from data files
+    rollout_batch_size: int = 8  # prompts per rollout step, over all processes (EasyR1 data.rollout_batch_size;
+    #                              alias: train.prompts_per_step)
+    min_pixels: int | None = None  # images resized to at least this many pixels (EasyR1 data.min_pixels; None: processor's)
+    max_pixels: int | None = None  # images resized to at most this many pixels (EasyR1 data.max_pixels; None: processor's)
+    max_prompt_length: int | None = None  # prompt tokens, image tokens included (None: no limit)
+    filter_overlong_prompts: bool = True  # drop (count, log) prompts over max_prompt_length; false: error naming the row
 
 
 @dataclass
@@ -102,6 +109,7 @@ class AlgorithmConfig:
     kl_type: str = "k3"  # k1 | k2 | k3
     kl_bias_correction: bool = False  # multiply k3 by the importance ratio (TRL's use_bias_correction_kl)
     entropy_coef: float = 0.0  # bonus: subtract coef * mean full-vocabulary entropy
+    kl_clamp: bool = True  # clamp k3 to [-10, 10] and d to [-20, 20] as EasyR1; false: unclamped, as TRL (NoisyGRPO)
 
 
 @dataclass
@@ -164,7 +172,7 @@ class FiltersConfig:
     accuracy_low: float = 0.01  # keep a group when accuracy_low < mean accuracy < accuracy_high (PAPO code)
     accuracy_high: float = 0.99
     max_tries: int = 20  # at most this many generation rounds per step, then train on what there is
-    round_prompts: int = 0  # prompts generated per round (0 = train.prompts_per_step)
+    round_prompts: int = 0  # prompts generated per round (0 = data.rollout_batch_size)
     overlong_mask: bool = False  # take truncated completions out of the loss
     overlong_penalty: bool = False  # add DAPO's soft length punishment to the reward
     overlong_cache: int | None = None  # L_cache of the punishment, in tokens (None = 20% of rollout.max_new_tokens)
@@ -180,9 +188,10 @@ class TrainConfig:
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
-    prompts_per_step: int = 8
+    global_batch_size: int | None = None  # prompts per optimizer step (PPO mini-batch; EasyR1
+    #   worker.actor.global_batch_size); None: the whole rollout batch, one optimizer step per epoch
     micro_batch_size: int = 64  # sequences per forward/backward in the update
-    ppo_epochs: int = 1
+    ppo_epochs: int = 1  # passes over the rollout batch, each one optimizer step per mini-batch
     log_every: int = 1
     eval_every: int = 0  # 0 = only before and after training
     save_final: bool = True
@@ -314,8 +323,132 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+# Old or other frameworks' names accepted for a key: alias -> canonical dotted key.
+KEY_ALIASES = {
+    "train.prompts_per_step": "data.rollout_batch_size",  # perceptrl's name before mini-batches (EasyR1's is canonical)
+}
+
+
+def apply_aliases(raw: dict, source: str) -> dict:
+    """Rename aliased keys of one raw config tree (a file, or one override) to their canonical names.
+
+    Giving both an alias and its canonical key in one source is an error when the values differ.
+    """
+    for alias, canonical in KEY_ALIASES.items():
+        a_section, a_key = alias.split(".")
+        c_section, c_key = canonical.split(".")
+        section = raw.get(a_section)
+        if not isinstance(section, dict) or a_key not in section:
+            continue
+        value = section.pop(a_key)
+        target = raw.setdefault(c_section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{source}: '{c_section}' must be a mapping")
+        if c_key in target and target[c_key] != value:
+            raise ConfigError(f"{source}: '{alias}' ({value!r}) is another name for '{canonical}' "
+                              f"({target[c_key]!r}); give one of them")
+        target.setdefault(c_key, value)
+    return raw
+
+
+# Recipe files may inherit: ``base: <recipe>`` names the file whose settings this one starts from, and
+# ``differs_from_base`` records why a key outside the method's own section differs from the base
+# (dotted key -> reason; tests/test_recipe_pairs.py checks every such difference has one). Both are
+# read and removed by the loader: they are not settings.
+BASE_KEY = "base"
+REASONS_KEY = "differs_from_base"
+
+
+@dataclass
+class RecipeFile:
+    """One file of a recipe's inheritance chain, as written (aliases applied, meta keys removed)."""
+
+    path: Path
+    raw: dict  # this file's own settings
+    base: str | None  # its ``base:`` entry as written, if any
+    reasons: dict[str, str]  # its ``differs_from_base`` entries
+
+
+@dataclass
+class RecipeSource:
+    """A recipe file resolved through its ``base:`` chain.
+
+    ``raw`` is the merged settings tree (what ``read_yaml`` returns); ``chain`` the files from the
+    root base to the file itself.
+    """
+
+    raw: dict
+    chain: list[RecipeFile]
+
+    def reasons_since(self, ancestor: str | Path) -> dict[str, str]:
+        """The ``differs_from_base`` entries of the files below ``ancestor`` in the chain (a recipe
+        name or path); all of them if ``ancestor`` is not in the chain."""
+        target = Path(ancestor).resolve() if str(ancestor).endswith((".yaml", ".yml")) else None
+        out: dict[str, str] = {}
+        for file in reversed(self.chain):
+            if file.path == target or (target is None and file.path.stem == str(ancestor)):
+                break
+            for key, reason in file.reasons.items():
+                out.setdefault(key, reason)
+        return out
+
+
+def recipes_dir() -> Path:
+    """The shipped ``recipes/`` folder of the source checkout (the package is installed from it)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "recipes" / "grpo.yaml").is_file():
+            return parent / "recipes"
+    return Path.cwd() / "recipes"
+
+
+def _base_path(value: Any, including: Path) -> Path:
+    """Where ``base: value`` of the file ``including`` points.
+
+    A value ending in ``.yaml``/``.yml`` is a path relative to the including file's folder (or
+    absolute); anything else is a recipe name, ``<recipes>/<name>.yaml``, where ``<recipes>`` is the
+    nearest folder named ``recipes`` around the including file, else the shipped ``recipes/``.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{including}: '{BASE_KEY}' must be a recipe name or a YAML path, got {value!r}")
+    value = value.strip()
+    if value.endswith((".yaml", ".yml")):
+        path = Path(value)
+        path = (path if path.is_absolute() else including.parent / path).resolve()
+        if not path.is_file():
+            raise ConfigError(f"{including}: base recipe '{value}' not found ({path} is not a file)")
+        return path
+    roots = [p for p in including.parents if p.name == "recipes"][:1] + [recipes_dir()]
+    for root in roots:
+        candidate = (root / f"{value}.yaml").resolve()
+        if candidate.is_file():
+            return candidate
+    looked = " or ".join(str(r / f"{value}.yaml") for r in dict.fromkeys(roots))
+    raise ConfigError(f"{including}: base recipe '{value}' not found (looked for {looked})")
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    """Dotted keys of the leaves of a raw settings tree (a mapping under a section is descended)."""
+    keys = set()
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        keys |= _leaf_keys(value, dotted) if isinstance(value, dict) else {dotted}
+    return keys
+
+
+def _config_leaf_keys(cls: type = None, prefix: str = "") -> set[str]:
+    """Every dotted leaf key of the ``Config`` tree."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
+    keys = set()
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        keys |= _config_leaf_keys(hints[f.name], dotted) if dataclasses.is_dataclass(hints[f.name]) else {dotted}
+    return keys
+
+
+def _read_file(path: Path) -> RecipeFile:
+    """One YAML file: parsed, aliases applied, ``base`` and ``differs_from_base`` taken out and checked."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -324,14 +457,79 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: malformed YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return raw
+    base = raw.pop(BASE_KEY, None)
+    reasons = raw.pop(REASONS_KEY, None) or {}
+    raw = apply_aliases(raw, str(path))
+    if not isinstance(reasons, dict):
+        raise ConfigError(f"{path}: '{REASONS_KEY}' must map dotted keys to reasons, got {reasons!r}")
+    if reasons and base is None:
+        raise ConfigError(f"{path}: '{REASONS_KEY}' needs a '{BASE_KEY}' recipe to differ from")
+    valid, own = _config_leaf_keys(), _leaf_keys(raw)
+    for key, reason in reasons.items():
+        key = KEY_ALIASES.get(key, key)
+        if key not in valid:
+            raise ConfigError(f"{path}: {REASONS_KEY}: unknown key '{key}'")
+        if key not in own:
+            raise ConfigError(f"{path}: {REASONS_KEY}: '{key}' is not set in this file")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ConfigError(f"{path}: {REASONS_KEY}: '{key}' needs a reason (a non-empty string)")
+    reasons = {KEY_ALIASES.get(k, k): v.strip() for k, v in reasons.items()}
+    return RecipeFile(path, raw, base, reasons)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: mappings merge key by key, anything else (lists, null) replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_recipe(path: str | Path, cls: type | None = None) -> RecipeSource:
+    """A recipe file and its ``base:`` chain, merged (base first, each file's settings on top).
+
+    A missing base, a cycle, and (with ``cls``) an unknown key or a value of the wrong type are
+    ``ConfigError``s that name the file where the problem is.
+    """
+    path = Path(path).resolve() if Path(path).is_file() else Path(path)
+    chain: list[RecipeFile] = []
+    seen: list[Path] = []
+    while True:
+        if path in seen:
+            loop = " -> ".join(p.name for p in [*seen[seen.index(path):], path])
+            raise ConfigError(f"{seen[-1]}: '{BASE_KEY}' makes a cycle: {loop}")
+        seen.append(path)
+        file = _read_file(path)
+        if cls is not None:
+            try:
+                _build(cls, file.raw)  # names and types, file by file (so the error names the right file)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: {err}") from None
+        chain.append(file)
+        if file.base is None:
+            break
+        path = _base_path(file.base, path)
+    chain.reverse()
+    raw: dict = {}
+    for file in chain:
+        raw = deep_merge(raw, file.raw)
+    return RecipeSource(raw, chain)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The settings tree of a YAML config, resolved through its ``base:`` chain (see ``read_recipe``)."""
+    return read_recipe(path).raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config):
-    """Build a config from an optional YAML file and ``key.path=value`` overrides."""
-    raw: dict = read_yaml(path) if path else {}
+    """Build a config from an optional YAML file (and its ``base:`` chain) and ``key.path=value`` overrides."""
+    raw: dict = read_recipe(path, cls).raw if path else {}
     for text in overrides or []:
         key, value = parse_override(text)
+        key = KEY_ALIASES.get(key, key)
         _set_dotted(raw, key, value)
     try:
         config = _build(cls, raw)
@@ -347,7 +545,12 @@ def validate(config: Config) -> None:
     checks = [
         (t.lr > 0, "train.lr must be > 0"),
         (t.max_steps >= 0, "train.max_steps must be >= 0"),
-        (t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1"),
+        (config.data.rollout_batch_size >= 1, "data.rollout_batch_size must be >= 1"),
+        (t.global_batch_size is None or t.global_batch_size >= 1, "train.global_batch_size must be >= 1 or null"),
+        (t.global_batch_size is None or config.data.rollout_batch_size % t.global_batch_size == 0,
+         f"train.global_batch_size ({t.global_batch_size}) must divide data.rollout_batch_size "
+         f"({config.data.rollout_batch_size}): every mini-batch has the same number of prompts"),
+        (t.ppo_epochs >= 1, "train.ppo_epochs must be >= 1"),
         (t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
         (t.max_grad_norm > 0, "train.max_grad_norm must be > 0"),
         (t.save_steps >= 0, "train.save_steps must be >= 0"),
@@ -401,6 +604,11 @@ def _data_checks(config: Config) -> list[tuple[bool, str]]:
 
     d = config.data
     checks = [
+        (d.min_pixels is None or d.min_pixels >= 1, "data.min_pixels must be >= 1 or null"),
+        (d.max_pixels is None or d.max_pixels >= 1, "data.max_pixels must be >= 1 or null"),
+        (d.min_pixels is None or d.max_pixels is None or d.min_pixels <= d.max_pixels,
+         f"data.min_pixels ({d.min_pixels}) must be <= data.max_pixels ({d.max_pixels})"),
+        (d.max_prompt_length is None or d.max_prompt_length >= 1, "data.max_prompt_length must be >= 1 or null"),
         (d.on_bad_sample in ("error", "skip"), f"data.on_bad_sample must be error or skip, got {d.on_bad_sample!r}"),
         (d.template in PROMPT_TEMPLATES,
          f"data.template: unknown prompt template {d.template!r}; valid names: {', '.join(sorted(PROMPT_TEMPLATES))}"),

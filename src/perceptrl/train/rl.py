@@ -75,7 +75,7 @@ def train(config: Config, policy=None) -> TrainResult:
     """Run RL training as ``config`` says; returns held-out accuracy before and after."""
     t_cfg, r_cfg = config.train, config.rollout
     dist = Distributed.from_environment()  # several processes: each takes a slice of every step's prompts
-    dist.check(config)  # prompts_per_step divisible by the number of processes, ...
+    dist.check(config)  # rollout_batch_size divisible by the number of processes, ...
     source = build_source(config.data, t_cfg.seed)  # validates data files before any slow work
     out_dir = Path(t_cfg.output_dir)
     if dist.is_main:
@@ -154,7 +154,7 @@ def train(config: Config, policy=None) -> TrainResult:
                     score_rollout(rollout, reward_fn)  # 2. Score: verifiable reward per completion.
                 return rollout
 
-            rollout = recipe.sample(next_prompts, rollout_once, t_cfg.prompts_per_step // dist.world_size, step)
+            rollout = recipe.sample(next_prompts, rollout_once, config.data.rollout_batch_size // dist.world_size, step)
             engine.release()  # vllm: free its GPU memory for the update (sleep mode)
             data_position = dist.all_reduce_max(data_position)  # DAPO's rounds may differ between processes
             t_gen = time.perf_counter()
