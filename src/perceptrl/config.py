@@ -82,7 +82,12 @@ class RolloutConfig:
     max_new_tokens: int = 32
     plan: str = "clean"  # rollout plan: clean | noisy_rollout | noise_ladder | dupl (ALGORITHMS.md section 8)
     batch_invariant: bool = True  # each completion draws its own sampling noise (same samples on any process count)
-    engine: str = "hf"  # hf (transformers generation) | vllm (GPU only: pip install perceptrl[vllm])
+    engine: str = "hf"  # hf (transformers generation) | vllm (pip install 'perceptrl[vllm]'; docs/SCALING.md)
+    vllm_gpu_memory_utilization: float = 0.3  # vllm: share of GPU memory vLLM may take (TRL's colocate default 0.3)
+    vllm_sleep: bool = True  # vllm: free its GPU memory during the update (sleep mode: CUDA/ROCm; elsewhere a notice)
+    vllm_max_model_len: int | None = None  # vllm: context window (prompt + completion); None = the model's own limit
+    vllm_enforce_eager: bool | None = None  # vllm: no CUDA graphs / torch.compile; None = eager on CPU only
+    tis_cap: float | None = None  # truncated IS of the rollout/training mismatch: weight cap (TRL 3, verl 2); null = off
 
 
 @dataclass
@@ -576,9 +581,21 @@ def validate(config: Config) -> None:
         checks.append((False, "rollout.n must be >= 2 for a group advantage (a group of one has no baseline)"))
     checks += _method_checks(config)
     checks += _data_checks(config)
+    checks += _rollout_engine_checks(config)
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _rollout_engine_checks(config: Config) -> list[tuple[bool, str]]:
+    """The vLLM engine's keys and the rollout correction (``perceptrl.train.rollout_correction``)."""
+    r = config.rollout
+    return [
+        (0 < r.vllm_gpu_memory_utilization <= 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1]"),
+        (r.vllm_max_model_len is None or r.vllm_max_model_len > r.max_new_tokens,
+         "rollout.vllm_max_model_len must be null or > rollout.max_new_tokens (it holds prompt and completion)"),
+        (r.tis_cap is None or r.tis_cap >= 1, "rollout.tis_cap must be null (off) or >= 1 (TRL uses 3, verl 2)"),
+    ]
 
 
 def _data_checks(config: Config) -> list[tuple[bool, str]]:

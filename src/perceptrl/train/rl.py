@@ -37,6 +37,7 @@ from perceptrl.train.distributed import Distributed
 from perceptrl.train.logging import MetricsLogger, progress
 from perceptrl.train.recipe import build_recipe
 from perceptrl.train.rollout import collect_rollout, score_rollout
+from perceptrl.train.rollout_correction import rollout_correction
 from perceptrl.train.update import (
     combine_step_metrics,
     minibatch_rows,
@@ -98,7 +99,7 @@ def train(config: Config, policy=None) -> TrainResult:
     model_cfg = config.model if dist.device is None else dataclasses.replace(config.model, device=str(dist.device))
     policy = prepare_for_training(policy or load_policy(model_cfg, config.data.system_prompt), config.model)
     reference = reference_policy(policy) if config.algorithm.kl_beta > 0 else None  # LoRA: adapter off
-    engine = build_engine(r_cfg.engine, policy, config.model)  # hf: the policy itself
+    engine = build_engine(r_cfg.engine, policy, config.model, r_cfg, seed=t_cfg.seed)  # hf: the policy itself
     template = get_template(config.data.template)
     reward_fn = RewardFunction(config.data.template, config.reward.accuracy_weight, config.reward.format_weight)
     recipe = build_recipe(config, dist.world_size)
@@ -144,7 +145,8 @@ def train(config: Config, policy=None) -> TrainResult:
         # 1. Rollout: generate G completions per prompt from the views the recipe asks for.
         # Rollout-side forwards run on full weights (sharded backends gather them; all processes enter).
         with dist.full_weights(policy):
-            engine.sync_weights()  # vllm: copy the current weights in (hf generates with the policy itself)
+            with timed("weight_sync"):
+                engine.sync_weights()  # vllm: copy the current weights in (hf generates with the policy itself)
             positions: list[int] = []  # global data positions of the prompts this process is rolling out
 
             def next_prompts(n: int) -> list:  # this process's share of the next n * world_size prompts
@@ -170,6 +172,7 @@ def train(config: Config, policy=None) -> TrainResult:
 
             n_local = config.data.rollout_batch_size // dist.world_size
             rollout = recipe.sample(next_prompts, rollout_once, n_local, rollout_step)
+            engine.release()  # vllm: free its GPU memory for the update (sleep mode)
             data_position = dist.all_reduce_max(data_position)  # DAPO's rounds may differ between processes
             t_gen = time.perf_counter()
 
@@ -181,6 +184,9 @@ def train(config: Config, policy=None) -> TrainResult:
                     )["logprobs"]
             with timed("scoring/extra_views"):
                 recipe.precompute(policy, rollout, rollout_step)
+            with timed("scoring/mismatch"):  # engine vs training log-probs (vllm), rollout.tis_cap weights
+                rollout.stats.update(rollout_correction(policy, rollout, t_cfg.micro_batch_size, r_cfg.temperature,
+                                                        r_cfg.tis_cap))
 
             # 4. Advantage.
             rollout.advantages = recipe.advantages(rollout, rollout_step)
