@@ -6,6 +6,7 @@ Examples::
     perceptrl bench --sections recipes --recipes grpo papo_g dupl --sizes tiny medium
     perceptrl bench --sections scaling --sizes tiny medium --repeats 2
     perceptrl bench --sections speedups --sizes tiny medium
+    perceptrl bench --sections recipes --recipes grpo --sizes tiny medium --engine vllm   # in .venv-vllm
     perceptrl bench --sections memory                          # peak memory of one update at V = 151,936
 
 Writes ``<output-dir>/bench.json``, ``bench.png`` (CPU seconds) and ``bench.md`` (tables).
@@ -45,6 +46,8 @@ def register(subparsers) -> None:
     p.add_argument("--isolate", action="store_true", help="run every case in its own process")
     p.add_argument("--real-rewards", action="store_true",
                    help="use the verifier's rewards as they are (an untrained model is never right)")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                   help="rollout engine of every case (vllm: run in the vLLM environment, scripts/install_vllm_env.sh)")
     p.add_argument("--output-dir", default="runs/bench")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model, small batches, under a minute")
     p.add_argument("--memory-lengths", type=int, nargs="+", default=[256, 1024],
@@ -97,10 +100,10 @@ def cmd_bench(args) -> int:
         }
     base = Case(name="base", prompts=args.prompts, completions=args.completions, tokens=args.tokens,
                 image_size=args.image_size, steps=args.steps, warmup=args.warmup, threads=args.threads,
-                coin_flip_rewards=not args.real_rewards)
+                coin_flip_rewards=not args.real_rewards, engine=args.engine)
     scaling_base = Case(name="scaling", prompts=args.scaling_prompts, completions=8 if not args.quick else 4,
                         tokens=64 if not args.quick else 16, image_size=56, steps=args.steps, warmup=args.warmup,
-                        threads=args.threads, coin_flip_rewards=not args.real_rewards)
+                        threads=args.threads, coin_flip_rewards=not args.real_rewards, engine=args.engine)
     recipe_sizes = None
     if args.recipe_sizes:
         recipe_sizes = {size: args.recipe_sizes for size in args.sizes[1:]}
@@ -129,6 +132,7 @@ def cmd_bench(args) -> int:
         "threads": args.threads, "cpus": os.cpu_count(), "load_min": min(loads), "load_max": max(loads),
         "coin_flip_rewards": not args.real_rewards, "isolate": args.isolate,
         "total_seconds": time.perf_counter() - t0, "sections": sections,
+        "engine": args.engine,
     }
     return _write(summarise(cases, results, meta), out_dir)
 
