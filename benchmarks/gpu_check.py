@@ -5,7 +5,7 @@
     python benchmarks/gpu_check.py --tiny-test      # CPU: the same code path on a tiny config (a smoke test)
 
 The model is built from Qwen2.5-VL-3B-Instruct's public ``config.json`` (``--config PATH``, else the
-packaged ``perceptrl/assets/configs/qwen2_5_vl_3b_instruct.json`` if present, else the numbers below)
+packaged ``perceptrl/assets/configs/Qwen2.5-VL-3B-Instruct/config.json``, else the copy below)
 with random weights: float32 master weights, bf16 compute (``model.dtype=bfloat16``, autocast),
 gradient checkpointing. Tokenizer: Qwen2.5's token ids on a byte-level vocabulary
 (``perceptrl.models.real_shape``), so no download is needed. Prompts: the built-in synthetic suite at
@@ -52,7 +52,7 @@ QWEN2_5_VL_3B = {
     },
     "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
 }
-PACKAGED_CONFIG = "assets/configs/qwen2_5_vl_3b_instruct.json"  # inside the perceptrl package
+PACKAGED_CONFIG = "assets/configs/Qwen2.5-VL-3B-Instruct/config.json"  # inside the perceptrl package
 
 # Dense bf16 peak of common GPUs (TFLOP/s, no sparsity): NVIDIA data sheets.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}

@@ -25,12 +25,23 @@ def test_tiny_test_runs_the_training_loop_without_math_verify_or_datasets(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["event"] for r in lines] == ["model", "step", "done"]
-    assert lines[0]["config"] == "built-in copy of Qwen2.5-VL-3B-Instruct config.json"
+    assert lines[0]["config"].endswith("Qwen2.5-VL-3B-Instruct/config.json")
     step = lines[1]
     for key in ("generation_s", "scoring_s", "update_s", "generated_tokens_per_s", "update_tokens_per_s",
                 "mfu_update", "mfu_step"):
         assert key in step
     assert step["generated_tokens"] == 2 * 2 * 12 and step["update_tokens_per_s"] > 0 and step["grad_norm"] > 0
+
+
+def test_built_in_config_is_the_shipped_public_one():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    shipped = json.loads((ROOT / "src/perceptrl/assets/configs/Qwen2.5-VL-3B-Instruct/config.json").read_text())
+    assert {k: v for k, v in gpu_check.QWEN2_5_VL_3B.items() if k != "transformers_version"} == {
+        k: v for k, v in shipped.items() if k != "transformers_version"}
 
 
 def test_without_cuda_it_runs_nothing_and_says_so():

@@ -187,7 +187,8 @@ def test_chunk_rule():
     assert chunk_tokens(2048, 151_936, 2048) == 32  # Liger's rule at Qwen2.5-VL-3B's shape
     assert chunk_tokens(8192, 152_064, 3584) == 256  # 7B
     assert chunk_tokens(4096, 151_936, 128) == 16  # at least 16 tokens
-    assert chunk_tokens(10, 151_936, 128) == 10 and chunk_tokens(600, 264, 128) == 256
+    assert chunk_tokens(10, 151_936, 128) == 10 and chunk_tokens(600, 264, 128) == 600  # 0.6 MB: one chunk
+    assert chunk_tokens(40_000, 264, 128) == 16_384
     assert chunk_tokens(100, 264, 128, override=7) == 7
 
 

@@ -264,7 +264,10 @@ def test_splitting_a_minibatch_into_micro_batches_leaves_each_step_unchanged(war
         assert torch.allclose(a, b, atol=1e-6), (k, float((a - b).abs().max()))
     for a, b in zip(whole_steps, split_steps):
         for key in ("loss", "grad_norm", "clip_frac_high", "clip_frac_low", "ratio_mean", "ppo_kl"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+            # the gradient norm of the 2nd and 3rd steps carries float32 rounding of the steps before it:
+            # measured 0.6e-5 (whole logits) and 1.5e-5 (chunked output head) relative, 3 + 1 rows against 4
+            rel = 5e-5 if key == "grad_norm" else 1e-5
+            assert a[key] == pytest.approx(b[key], rel=rel, abs=1e-7), key
 
 
 @pytest.mark.parametrize("variant", ["paper", "released"])

@@ -640,7 +640,7 @@ def test_entropy_bonus_is_a_token_mean_whatever_the_aggregation():
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])  # lengths 3 and 1
     H = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
     tokens, seqs = 10.0, 4.0  # the mini-batch's, over all its micro-batches
-    mb = make_mb(torch.zeros(2, 3), mask, logits=logits,
+    mb = make_mb(torch.zeros(2, 3), mask, entropy=H,  # the scoring pass's full-vocabulary entropy
                  agg=lambda v: aggregate(v, mask, "seq_mean_token_mean", tokens, seqs),
                  token_mean=lambda v: aggregate(v, mask, "token_mean", tokens, seqs))
     value, _ = entropy_bonus_term(1e-3)(mb)

@@ -34,7 +34,8 @@ Chunk size (:func:`chunk_tokens`): Liger Kernel's rule, chunks of ``N / ceil(V /
 up to a power of two, so that one chunk of logits is about as large as the ``[N, H]`` hidden states
 it comes from (3B: H = 2048, V = 151,936, 4 x 512 tokens -> 32 tokens per chunk), but at least 16
 tokens: every chunk's weight gradient touches the whole ``[V, H]`` accumulator, a cost that does
-not shrink with the chunk.
+not shrink with the chunk. Tokens whose float32 logits fit in 32 MiB (the tiny test models' 264-token
+vocabulary) go in one chunk.
 """
 
 from __future__ import annotations
@@ -77,13 +78,17 @@ class HeadRequest:
 
 
 MIN_CHUNK_TOKENS = 16  # each chunk's weight gradient reads and writes all of [V, H]: amortise it
+ONE_CHUNK_BYTES = 32 * 2**20  # all tokens in one chunk when their float32 logits fit in this
 
 
 def chunk_tokens(n_tokens: int, vocab: int, hidden_size: int, override: int | None = None) -> int:
-    """Tokens per chunk: ``override``, else ``next_pow2(ceil(n / ceil(V / H)))`` (Liger Kernel's
-    ``LigerFusedLinearCrossEntropyFunction``) but at least ``MIN_CHUNK_TOKENS``, at most ``n``."""
+    """Tokens per chunk: ``override``; all ``n`` when their float32 logits take at most 32 MiB (small
+    vocabularies: nothing to save, one product); else ``next_pow2(ceil(n / ceil(V / H)))`` (Liger
+    Kernel's ``LigerFusedLinearCrossEntropyFunction``) but at least ``MIN_CHUNK_TOKENS``, at most ``n``."""
     if override:
         return max(1, min(int(override), n_tokens))
+    if n_tokens * vocab * 4 <= ONE_CHUNK_BYTES:
+        return max(n_tokens, 1)
     per = math.ceil(n_tokens / math.ceil(vocab / max(hidden_size, 1)))
     return max(1, min(max(1 << max(per - 1, 0).bit_length(), MIN_CHUNK_TOKENS), n_tokens))
 
