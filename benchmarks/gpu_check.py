@@ -9,7 +9,8 @@ packaged ``perceptrl/assets/configs/Qwen2.5-VL-3B-Instruct/config.json``, else t
 with random weights: float32 master weights, bf16 compute (``model.dtype=bfloat16``, autocast),
 gradient checkpointing. Tokenizer: Qwen2.5's token ids on a byte-level vocabulary
 (``perceptrl.models.real_shape``), so no download is needed. Prompts: the built-in synthetic suite at
-``--image-size`` px. Rewards: the project's verifier with accuracy replaced by a coin flip seeded by
+``--image-size`` px; 4 PPO mini-batches per rollout step, as EasyR1's defaults (rollout batch 512,
+global batch 128), so "scoring" is the old policy's no-gradient pass. Rewards: the project's verifier with accuracy replaced by a coin flip seeded by
 the completion's text (a random model is never right, and all-equal rewards would zero every
 advantage), as ``perceptrl bench`` does.
 
@@ -205,8 +206,10 @@ def run_steps(args, policy, config_dict: dict, device: str, emit) -> int:
             prompt_len = state.get("prompt_len", 0)
             trained = rows * (prompt_len + response)
             patches = rows * (args.image_size // patch) ** 2
-            update_flops = 3 * (flops["text"] * trained + flops["attention_per_context"] * rows
-                                * (prompt_len + response) ** 2 / 2 + flops["vision_per_patch"] * patches)
+            forward_flops = (flops["text"] * trained + flops["attention_per_context"] * rows
+                             * (prompt_len + response) ** 2 / 2 + flops["vision_per_patch"] * patches)
+            update_flops = 3 * forward_flops  # forward and backward
+            score_flops = forward_flops if metrics.get("time/scoring", 0.0) > 0 else 0.0  # the old policy's pass
             gen_flops = (flops["text"] * (generated + args.prompts * prompt_len)
                          + flops["attention_per_context"] * rows * (prompt_len * response + response ** 2 / 2)
                          + flops["vision_per_patch"] * args.prompts * (args.image_size // patch) ** 2)
@@ -218,7 +221,8 @@ def run_steps(args, policy, config_dict: dict, device: str, emit) -> int:
                 "update_tokens": trained, "update_tokens_per_s": trained / t_update if t_update else None,
                 "step_tokens_per_s": (trained / metrics["time/step"]),
                 "mfu_update": update_flops / t_update / (peak * 1e12) if peak and t_update else None,
-                "mfu_step": (update_flops + gen_flops) / metrics["time/step"] / (peak * 1e12) if peak else None,
+                "mfu_step": ((update_flops + score_flops + gen_flops) / metrics["time/step"] / (peak * 1e12)
+                             if peak else None),
                 "peak_tflops": peak, "response_length": response, "prompt_length": prompt_len,
                 "truncated_rate": metrics.get("truncated_rate"), "loss": metrics.get("loss"),
                 "grad_norm": metrics.get("grad_norm"),
@@ -245,6 +249,9 @@ def run_steps(args, policy, config_dict: dict, device: str, emit) -> int:
             f"data.rollout_batch_size={args.prompts}", f"rollout.n={args.n}", f"rollout.max_new_tokens={args.tokens}",
             f"data.image_size={args.image_size}", "data.val_per_family=0", "data.families=[count, spatial, compare]",
             f"train.max_steps={args.steps}", f"train.micro_batch_size={args.micro_batch}", "train.lr=1e-6",
+            # EasyR1's ratio (rollout 512, global batch 128): 4 optimizer steps per rollout step, after one
+            # no-gradient pass for the old policy's log-probs (the "scoring" seconds)
+            f"train.global_batch_size={max(1, args.prompts // 4)}",
             "train.save_final=false", "train.progress=false", f"train.output_dir={out}", "train.resume=none",
         ])
         rl.MetricsLogger = StepPrinter

@@ -210,9 +210,7 @@ class Policy:
         :meth:`encode` first, as EasyR1's ``process_image`` does.
         """
         image_processor = getattr(self.processor, "image_processor", None)
-        if image_processor is not None and not hasattr(image_processor, "_perceptrl_size"):
-            image_processor._perceptrl_size = getattr(image_processor, "size", None)  # its own bounds, for None
-        size = getattr(image_processor, "_perceptrl_size", None)
+        size = _own_size(image_processor)  # as built or loaded: what None restores
         try:
             fields = dict(size)  # a dict, or transformers 5's SizeDict
         except (TypeError, ValueError):
@@ -486,6 +484,22 @@ class Policy:
         ]
 
 
+_OWN_SIZES: dict[int, tuple] = {}  # id(image processor) -> (weak reference to it, its size before set_pixel_bounds)
+
+
+def _own_size(image_processor):
+    """``image_processor.size`` as it was before the first :meth:`Policy.set_pixel_bounds` on it."""
+    import weakref
+
+    if image_processor is None:
+        return None
+    entry = _OWN_SIZES.get(id(image_processor))
+    if entry is None or entry[0]() is not image_processor:
+        entry = (weakref.ref(image_processor), getattr(image_processor, "size", None))
+        _OWN_SIZES[id(image_processor)] = entry
+    return entry[1]
+
+
 def resize_within(image, min_pixels: int | None, max_pixels: int | None):
     """``image`` (PIL) resized, aspect ratio kept, so that ``width x height`` is within the bounds
     (EasyR1 ``verl/utils/dataset.py: process_image``: scale by ``sqrt(bound / area)``, sizes truncated)."""
@@ -659,10 +673,10 @@ def _top_p_filter_threshold(scores: torch.Tensor, top_p: float) -> torch.Tensor 
     return out
 
 
-def completion_mask(ids: torch.Tensor, stop_token_ids: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """1 on tokens up to and including the first stop token (any of ``stop_token_ids``); also which
-    rows never stopped (truncated)."""
-    stop = torch.as_tensor([stop_token_ids] if isinstance(stop_token_ids, int) else list(stop_token_ids),
+def completion_mask(ids: torch.Tensor, eos_token_id: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """1 on tokens up to and including the first stop token (``eos_token_id``: one id or several, as
+    ``generate`` takes it); also which rows never stopped (truncated)."""
+    stop = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
                            dtype=ids.dtype, device=ids.device)
     is_eos = torch.isin(ids, stop)
     ended = is_eos.any(-1)
