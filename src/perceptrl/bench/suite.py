@@ -41,6 +41,11 @@ VIRTUAL_RECIPES: dict[str, tuple[str, list[str]]] = {
     # GRPO sampling as the PAPO recipes do (top-p 0.99; grpo.yaml has 1.0): papo_g_nokl over this one is
     # the masked branch alone, with the sampling cost of the two recipes equal
     "grpo_top_p099": ("grpo", ["rollout.top_p=0.99"]),
+    # VPPO's paper form: full-vocabulary KL between the two views (the released form is the sampled-token k3)
+    "vppo_kl_full": ("vppo", ["token_signal.metric=kl_full"]),
+    # PGPO as in the authors' development code (quantile threshold, 0.1 floor, no mass normalisation)
+    "pgpo_devcode": ("pgpo", ["token_scale.pgpo_threshold_mode=quantile", "token_scale.pgpo_low_floor=0.1",
+                              "token_scale.pgpo_mass_normalize=false"]),
 }
 
 # Recipes also compared with a GRPO that samples as they do (``ratio_to_same_sampling`` in the report).

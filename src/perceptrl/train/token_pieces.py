@@ -147,8 +147,8 @@ class TokenSignal:
         if self.metric != "none":
             b = policy.score(rollout.prompts, view_rows, ids, mask, temperature=t, with_logits=logits_view)
         out: dict[str, torch.Tensor] = {}
-        la = a["logits"] / t if logits_clean else None
-        lb = b["logits"] / t if logits_view else None
+        la = _scaled(a["logits"], t) if logits_clean else None
+        lb = _scaled(b["logits"], t) if logits_view else None
         if self.metric == "none":
             pass
         elif self.metric == "k3":
@@ -166,6 +166,11 @@ class TokenSignal:
         if self.need_entropy:
             out["entropy"] = truncated_entropy(la, self.entropy_top_p) if logits_clean else a["entropy"]
         return out
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits at the sampling temperature (the log-probs of ``Policy.score`` are at it too)."""
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def _update_mask(rollout: Rollout) -> torch.Tensor:
