@@ -144,7 +144,7 @@ def _image_file_case(content: bytes, name: str = "bad.png"):
     def build(c: Case):
         (c.data / name).write_bytes(content)
         f = c.jsonl([c.row(), c.row(images=name)])
-        return {"train_files": str(f)}, [f"{f}:1: images:"]
+        return {"train_files": str(f)}, [f"{f}: record 1 (line 2): images:"]
 
     return build
 
@@ -162,7 +162,7 @@ def corrupt_png(c: Case):
 
 def missing_image(c: Case):
     f = c.jsonl([c.row(images="nope/missing.png")])
-    return {"train_files": str(f)}, [f"{f}:0: images:", "missing.png", "no such file"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): images:", "missing.png", "no such file"]
 
 
 def zero_byte_image(c: Case):
@@ -176,12 +176,12 @@ def zero_size_png(c: Case):
 def decompression_bomb(c: Case, bomb: bytes):
     (c.data / "bomb.png").write_bytes(bomb)
     f = c.jsonl([c.row(images="bomb.png")])
-    return {"train_files": str(f)}, [f"{f}:0: images:", "decompression bomb"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): images:", "decompression bomb"]
 
 
 def image_over_pixel_cap(c: Case):
     f = c.jsonl([c.row()])
-    return {"train_files": str(f), "max_image_pixels": 1000}, [f"{f}:0: images:", "data.max_image_pixels = 1000"]
+    return {"train_files": str(f), "max_image_pixels": 1000}, [f"{f}: record 0 (line 1): images:", "data.max_image_pixels = 1000"]
 
 
 def not_an_image(c: Case):
@@ -190,85 +190,85 @@ def not_an_image(c: Case):
 
 def remote_image(c: Case):
     f = c.jsonl([c.row(images="https://example.com/cat.png")])
-    return {"train_files": str(f)}, [f"{f}:0: images:", "URL"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): images:", "URL"]
 
 
 def path_escapes_with_dotdot(c: Case):
     (c.root / "secret.png").write_bytes(png(rgb_image(3)))
     f = c.jsonl([c.row(images="../secret.png")])
-    return {"train_files": str(f)}, [f"{f}:0: images:", "outside the dataset folder"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): images:", "outside the dataset folder"]
 
 
 def absolute_path_outside(c: Case):
     f = c.jsonl([c.row(images="/etc/passwd")])
-    return {"train_files": str(f)}, [f"{f}:0: images:", "outside the dataset folder"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): images:", "outside the dataset folder"]
 
 
 def symlink_escape(c: Case):
     (c.root / "secret.png").write_bytes(png(rgb_image(3)))
     (c.data / "link.png").symlink_to(c.root / "secret.png")
     f = c.jsonl([c.row(), c.row(), c.row(images=["good.png", "link.png"])])
-    return {"train_files": str(f)}, [f"{f}:2: images[1]:", "outside the dataset folder"]
+    return {"train_files": str(f)}, [f"{f}: record 2 (line 3): images[1]:", "outside the dataset folder"]
 
 
 def bad_base64_image(c: Case):
     f = c.jsonl([c.row(images="data:image/png;base64,@@@not-base64@@@")])
-    return {"train_files": str(f)}, [f"{f}:0: images:", "base64"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): images:", "base64"]
 
 
 def image_cell_wrong_type(c: Case):
     f = c.jsonl([c.row(images=42)])
-    return {"train_files": str(f)}, [f"{f}:0: images:", "int"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): images:", "int"]
 
 
 def no_images(c: Case):
     f = c.jsonl([c.row(images=[])])
-    return {"train_files": str(f)}, [f"{f}:0: images:", "no images"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): images:", "no images"]
 
 
 def missing_answer(c: Case):
     f = c.jsonl([c.row(), c.row(answer=...)])
-    return {"train_files": str(f)}, [f"{f}:1: answer:", "null"]
+    return {"train_files": str(f)}, [f"{f}: record 1 (line 2): answer:", "null"]
 
 
 def null_answer(c: Case):
     f = c.jsonl([c.row(answer=None)])
-    return {"train_files": str(f)}, [f"{f}:0: answer:", "null"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): answer:", "null"]
 
 
 def nan_answer(c: Case):
     f = c.jsonl(['{"images": "good.png", "problem": "How many?", "answer": NaN}'])
-    return {"train_files": str(f)}, [f"{f}:0: answer:", "NaN"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): answer:", "NaN"]
 
 
 def non_string_problem(c: Case):
     f = c.jsonl([c.row(problem=12345)])
-    return {"train_files": str(f)}, [f"{f}:0: problem:", "expected a string"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): problem:", "expected a string"]
 
 
 def special_token_in_problem(c: Case):
     f = c.jsonl([c.row(problem="Count <|image_pad|> these")])
-    return {"train_files": str(f)}, [f"{f}:0: problem:", "special token"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): problem:", "special token"]
 
 
 def very_long_problem(c: Case):
     f = c.jsonl([c.row(problem="x" * 100_000)])
-    return {"train_files": str(f)}, [f"{f}:0: problem:", "data.max_prompt_chars"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): problem:", "data.max_prompt_chars"]
 
 
 def duplicate_ids(c: Case):
     f = c.jsonl([c.row(id="a"), c.row(id="b"), c.row(id="a")])
-    return {"train_files": str(f)}, [f"{f}:2: id:", "duplicate id 'a'", f"{f}:0"]
+    return {"train_files": str(f)}, [f"{f}: record 2 (line 3): id:", "duplicate id 'a'", f"{f}: record 0 (line 1)"]
 
 
 def unknown_answer_type(c: Case):
     f = c.jsonl([c.row(answer_type="poem")])
-    return {"train_files": str(f)}, [f"{f}:0: answer_type:", "poem"]
+    return {"train_files": str(f)}, [f"{f}: record 0 (line 1): answer_type:", "poem"]
 
 
 def malformed_json_line(c: Case):
     f = c.jsonl([c.row(), '{"images": "good.png", "problem": "cut short'])
-    return {"train_files": str(f)}, [f"{f}:1:", "invalid JSON"]
+    return {"train_files": str(f)}, [f"{f}: record 1 (line 2):", "invalid JSON"]
 
 
 def missing_column(c: Case):
@@ -296,7 +296,7 @@ def not_parquet(c: Case):
 def bad_validation_file(c: Case):
     good = c.jsonl([c.row()])
     val = c.jsonl([c.row(), c.row(answer=None)], name="val.jsonl")
-    return {"train_files": str(good), "val_files": str(val)}, [f"{val}:1: answer:"]
+    return {"train_files": str(good), "val_files": str(val)}, [f"{val}: record 1 (line 2): answer:"]
 
 
 def image_dir_missing(c: Case):
@@ -493,7 +493,7 @@ def test_skip_mode_trains_and_reports_skips(tmp_path):
     assert len(summary) == 2, result.stderr  # once for the training files, once for validation
     for reason in ("empty_answer: 1", "corrupt_image: 1", "outside_root: 1", "bad_problem: 1", "invalid_row: 1"):
         assert reason in summary[0], summary[0]
-    assert f"{f}:8 (answer)" in summary[0]
+    assert f"{f}: record 8 (line 9) (answer)" in summary[0]
     assert "Traceback" not in result.stderr
     assert (case.out / "final" / "model.safetensors").is_file()
     print(f"skip-mode run: {time.perf_counter() - t0:.1f} s")

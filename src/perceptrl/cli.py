@@ -24,11 +24,20 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _split_config(args) -> tuple[str | None, list[str]]:
-    """Allow ``perceptrl train train.max_steps=3`` without a config file."""
+    """Allow ``perceptrl train train.max_steps=3`` without a config file, and a bare recipe name
+    (``perceptrl train grpo``) for a shipped recipe, as ``perceptrl compare`` takes it."""
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not Path(config).exists():
         overrides.insert(0, config)
         config = None
+    if config is not None and not Path(config).exists() and Path(config).suffix not in (".yaml", ".yml"):
+        from perceptrl.demo import RECIPES, recipe_path
+
+        try:
+            config = str(recipe_path(config))
+        except FileNotFoundError:
+            known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml"))) if RECIPES.is_dir() else "none found"
+            raise ConfigError(f"{config}: no such config file or recipe name (recipes: {known})") from None
     return config, overrides
 
 
@@ -102,9 +111,14 @@ USER_ERRORS = (
     ("perceptrl.config", "ConfigError", "config error", 2),
     ("perceptrl.data.files", "DataError", "data error", 2),
     ("perceptrl.data.images", "ImageError", "data error", 2),
+    ("perceptrl.models.loading", "ModelError", "model error", 2),
+    ("perceptrl.train.run_dir", "RunDirError", "output folder", 2),
+    ("perceptrl.train.checkpoint", "DiskFullError", "disk full", 2),
     ("perceptrl.train.checkpoint", "CheckpointError", "checkpoint error", 2),
     ("perceptrl.train.rl", "TrainingDiverged", "training stopped", 3),
 )
+# OS errors about the machine rather than perceptrl: a full disk or quota, a read-only file system.
+OS_ERRORS = {28: "disk full", 122: "disk full", 30: "read-only file system"}
 
 
 def user_error(err: BaseException) -> tuple[str, int] | None:
@@ -115,6 +129,8 @@ def user_error(err: BaseException) -> tuple[str, int] | None:
             return kind, code
     if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
         return "", 2
+    if isinstance(err, OSError) and err.errno in OS_ERRORS:
+        return OS_ERRORS[err.errno], 2
     return None
 
 
@@ -137,8 +153,26 @@ def contain_caches() -> None:
         os.environ["MPLCONFIGDIR"] = str(root / "matplotlib")
 
 
+def quiet_libraries() -> None:
+    """A run's console shows perceptrl's progress and results. DeepSpeed, when installed, is imported
+    by accelerate on every model save and logs "Setting accelerator to CPU" on a machine without a
+    GPU; that one line is dropped (its other messages are kept)."""
+    import logging
+
+    class _NoCpuAcceleratorNotice(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.msg).startswith("Setting accelerator to CPU")
+
+    logging.getLogger("DeepSpeed").addFilter(_NoCpuAcceleratorNotice())
+
+
 def main(argv: list[str] | None = None) -> int:
     contain_caches()
+    quiet_libraries()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from perceptrl.train.command import set_command
+
+    set_command(argv)  # run.json and the model card say which command made a run
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -183,7 +183,9 @@ class TrainConfig:
     save_final: bool = True
     save_steps: int = 0  # write a checkpoint every N optimizer steps (0 = never)
     save_total_limit: int = 2  # keep only the newest N checkpoints
-    resume: str = "auto"  # auto (newest complete checkpoint in output_dir, if any) | none | a checkpoint path
+    resume: str = "auto"  # auto (newest checkpoint of this same run) | none | force (even if the config differs) | a checkpoint path
+    overwrite: bool = False  # replace a finished or different run already in output_dir (else it is refused)
+    report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])  # + wandb (pip install 'perceptrl[wandb]')
     max_bad_steps: int = 3  # stop after this many consecutive steps with a non-finite loss, reward or gradient
     progress: bool = True
     deterministic: bool = False
@@ -325,13 +327,19 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config):
     """Build a config from an optional YAML file and ``key.path=value`` overrides."""
     raw: dict = read_yaml(path) if path else {}
+    if path:  # an error in the file names the file; one in an override names the override
+        try:
+            _build(cls, raw)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(raw, key, value)
-    try:
-        config = _build(cls, raw)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+        try:
+            _build(cls, raw)
+        except ConfigError as err:
+            raise ConfigError(f"override '{text}': {err}") from None
+    config = _build(cls, raw)
     validate(config)
     return config
 

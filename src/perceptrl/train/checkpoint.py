@@ -58,6 +58,40 @@ class CheckpointError(ValueError):
     """A checkpoint folder cannot be used (missing or unreadable files, wrong format)."""
 
 
+class DiskFullError(CheckpointError):
+    """No space left while writing a checkpoint or ``final/``; the previous ones are intact."""
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    # OSError ENOSPC / EDQUOT from Python; safetensors' SafetensorError carries the OS error in its text
+    return getattr(err, "errno", None) in (28, 122) or "No space left on device" in str(err) or "os error 28" in str(err)
+
+
+def _disk_full(err: BaseException, tmp: Path, what: str, needed: int, output_dir: Path) -> DiskFullError:
+    """Remove the partial folder and say which file failed, how much space is needed and what survives."""
+    partial = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime) if tmp.is_dir() else []
+    failed = getattr(err, "filename", None) or (partial[-1] if partial else tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    free = shutil.disk_usage(output_dir).free
+    previous = latest_checkpoint(output_dir)
+    resume = (f"{previous.name} is intact: free space, then run the same command to resume from it" if previous
+              else "no earlier checkpoint to resume from (train.save_steps): free space and run the same command")
+    return DiskFullError(f"no space left on device writing {failed} for {what} (needs about {needed / 2**20:.1f} MiB, "
+                         f"{free / 2**20:.1f} MiB free in {output_dir}); {resume}")
+
+
+def _nbytes(tensors) -> int:
+    total = 0
+    for value in tensors:
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif isinstance(value, dict):
+            total += _nbytes(value.values())
+        elif isinstance(value, (list, tuple)):
+            total += _nbytes(value)
+    return total
+
+
 def _crash_point(point: str, step: int | None = None) -> None:
     spec = os.environ.get(CRASH_ENV)
     if not spec:
@@ -173,19 +207,25 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     _crash_point("tmp_created", step)
-    save_file(_state_dict_for_safetensors(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-    _crash_point("weights_written", step)
+    weights = _state_dict_for_safetensors(model)
     trainer_state = {"optimizer": optimizer.state_dict(), "rng": _rng_tensors(rng_state())}
-    if scheduler is not None:
-        trainer_state["scheduler"] = scheduler.state_dict()
-    torch.save(trainer_state, tmp / TRAINER_FILE)
-    _crash_point("trainer_written", step)
-    state = {"format": FORMAT_VERSION, "step": step, **(loop_state or {})}
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-    if before_commit is not None:
-        before_commit(tmp)
-    _crash_point("state_written", step)
-    _fsync_tree(tmp)
+    try:
+        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        _crash_point("weights_written", step)
+        if scheduler is not None:
+            trainer_state["scheduler"] = scheduler.state_dict()
+        torch.save(trainer_state, tmp / TRAINER_FILE)
+        _crash_point("trainer_written", step)
+        state = {"format": FORMAT_VERSION, "step": step, **(loop_state or {})}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        if before_commit is not None:
+            before_commit(tmp)
+        _crash_point("state_written", step)
+        _fsync_tree(tmp)
+    except Exception as err:
+        if _is_disk_full(err):
+            raise _disk_full(err, tmp, final.name, _nbytes([weights, trainer_state]), output_dir) from None
+        raise
     _crash_point("synced", step)
     _swap_into_place(tmp, final)
     _crash_point("renamed", step)
@@ -208,9 +248,14 @@ def save_final(model, processor, output_dir: str | Path, name: str = FINAL_DIR) 
     tmp = output_dir / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_pretrained(model, processor, tmp)
-    _crash_point("final")
-    _fsync_tree(tmp)
+    try:
+        save_pretrained(model, processor, tmp)
+        _crash_point("final")
+        _fsync_tree(tmp)
+    except Exception as err:
+        if _is_disk_full(err):
+            raise _disk_full(err, tmp, f"{name}/", _nbytes([dict(model.state_dict())]), output_dir) from None
+        raise
     target = output_dir / name
     _swap_into_place(tmp, target)
     return target
