@@ -75,7 +75,9 @@ def print_before_after(name: str, before: dict, after: dict, output_dir) -> None
     for key in keys:
         print(f"  {key:<40} {before.get(key, float('nan')):.3f} -> {after[key]:.3f}")
     print(f"outputs: {output_dir}")
-    (Path(output_dir) / "summary.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
+    summary, text = Path(output_dir) / "summary.json", json.dumps({"before": before, "after": after}, indent=2)
+    if not summary.is_file() or summary.read_text() != text:  # a finished run reported again is left as it was
+        summary.write_text(text)
 
 
 # Modules that add their own subcommands: each has ``register(subparsers)``.

@@ -381,9 +381,9 @@ def plan_start(config: Config, state: FolderState, kind: str = "train") -> Plan:
     if changes and not (mode == "force" and latest is not None):
         if t.overwrite:
             return replace
-        what = "checkpoints of" if latest is not None else ("a finished" if state.finished else "files of")
+        what = "checkpoints of a" if latest is not None else ("a finished" if state.finished else "files of a")
         hint = "train.resume=force to continue it anyway, " if latest is not None else ""
-        raise RunDirError(f"{where} holds {what} a different run ({describe_changes(changes)}); use another "
+        raise RunDirError(f"{where} holds {what} different run ({describe_changes(changes)}); use another "
                           f"train.output_dir, {hint}or {overwrite} to replace it")
     if mode == "none":
         if latest is None and not state.finished:
