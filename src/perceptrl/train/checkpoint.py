@@ -62,22 +62,27 @@ class DiskFullError(CheckpointError):
     """No space left while writing a checkpoint or ``final/``; the previous ones are intact."""
 
 
-def _is_disk_full(err: BaseException) -> bool:
-    # OSError ENOSPC / EDQUOT from Python; safetensors' SafetensorError carries the OS error in its text
-    return getattr(err, "errno", None) in (28, 122) or "No space left on device" in str(err) or "os error 28" in str(err)
+def _is_disk_full(err: BaseException, tmp: Path, needed: int) -> bool:
+    """OSError ENOSPC / EDQUOT from Python; safetensors' SafetensorError names the OS error in its text;
+    torch.save only says "unexpected pos", so a write error with too little room for the whole folder
+    counts too."""
+    if getattr(err, "errno", None) in (28, 122) or "No space left on device" in str(err) or "os error 28" in str(err):
+        return True
+    if not isinstance(err, (OSError, RuntimeError)):
+        return False
+    written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if tmp.is_dir() else 0
+    return shutil.disk_usage(tmp.parent).free + written < needed
 
 
-def _disk_full(err: BaseException, tmp: Path, what: str, needed: int, output_dir: Path) -> DiskFullError:
+def _disk_full(file: str, tmp: Path, needed: int, output_dir: Path) -> DiskFullError:
     """Remove the partial folder and say which file failed, how much space is needed and what survives."""
-    partial = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime) if tmp.is_dir() else []
-    failed = getattr(err, "filename", None) or (partial[-1] if partial else tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     free = shutil.disk_usage(output_dir).free
     previous = latest_checkpoint(output_dir)
     resume = (f"{previous.name} is intact: free space, then run the same command to resume from it" if previous
-              else "no earlier checkpoint to resume from (train.save_steps): free space and run the same command")
-    return DiskFullError(f"no space left on device writing {failed} for {what} (needs about {needed / 2**20:.1f} MiB, "
-                         f"{free / 2**20:.1f} MiB free in {output_dir}); {resume}")
+              else "no checkpoint to resume from (train.save_steps): free space and run the same command again")
+    return DiskFullError(f"no space left on device writing {file} in {output_dir} (needs about "
+                         f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free); {resume}")
 
 
 def _nbytes(tensors) -> int:
@@ -209,22 +214,27 @@ def save_checkpoint(
     _crash_point("tmp_created", step)
     weights = _state_dict_for_safetensors(model)
     trainer_state = {"optimizer": optimizer.state_dict(), "rng": _rng_tensors(rng_state())}
+    writing = f"{final.name}/{WEIGHTS_FILE}"  # named in a disk-full error
     try:
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         _crash_point("weights_written", step)
         if scheduler is not None:
             trainer_state["scheduler"] = scheduler.state_dict()
+        writing = f"{final.name}/{TRAINER_FILE}"
         torch.save(trainer_state, tmp / TRAINER_FILE)
         _crash_point("trainer_written", step)
         state = {"format": FORMAT_VERSION, "step": step, **(loop_state or {})}
+        writing = f"{final.name}/{STATE_FILE}"
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         if before_commit is not None:
+            writing = f"{final.name}/ (random states)"
             before_commit(tmp)
         _crash_point("state_written", step)
         _fsync_tree(tmp)
     except Exception as err:
-        if _is_disk_full(err):
-            raise _disk_full(err, tmp, final.name, _nbytes([weights, trainer_state]), output_dir) from None
+        needed = _nbytes([weights, trainer_state])
+        if _is_disk_full(err, tmp, needed):
+            raise _disk_full(writing, tmp, needed, output_dir) from None
         raise
     _crash_point("synced", step)
     _swap_into_place(tmp, final)
@@ -253,8 +263,9 @@ def save_final(model, processor, output_dir: str | Path, name: str = FINAL_DIR) 
         _crash_point("final")
         _fsync_tree(tmp)
     except Exception as err:
-        if _is_disk_full(err):
-            raise _disk_full(err, tmp, f"{name}/", _nbytes([dict(model.state_dict())]), output_dir) from None
+        needed = _nbytes([dict(model.state_dict())])
+        if _is_disk_full(err, tmp, needed):
+            raise _disk_full(f"{name}/", tmp, needed, output_dir) from None
         raise
     target = output_dir / name
     _swap_into_place(tmp, target)
