@@ -26,7 +26,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
@@ -110,10 +110,10 @@ def check_model_folder(path: str | Path) -> None:
     else:
         files = sorted(folder.glob("*.safetensors"))
     if not files:
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
-        if pickles:
+        unsafe_files = sorted(p.name for p in folder.iterdir() if p.suffix in UNSAFE_WEIGHT_SUFFIXES and p.is_file())
+        if unsafe_files:
             raise ModelError(
-                f"{folder / pickles[0]}: pickle weights are not loaded (perceptrl loads safetensors only: unpickling "
+                f"{folder / unsafe_files[0]}: pickle weights are not loaded (perceptrl loads safetensors only: unpickling "
                 "can run code); convert them once where you trust the file, e.g. python -c \"from transformers import "
                 f"AutoModelForImageTextToText as M; M.from_pretrained('{folder}').save_pretrained('{folder}')\"")
         raise ModelError(f"model.path: {folder} has no weights (model.safetensors, or shards with {SAFETENSORS_INDEX})")
