@@ -42,7 +42,7 @@ RESULTS_ARGS := --recipes grpo papo_g noisy_rollout noisy_grpo dupl --seeds 0 1 
 	--title "perceptrl: miniature reproduction (5 methods x 3 seeds)" \
 	--set noisy_rollout:noisy_rollout.s_mid=24 $(RESULTS_DATA)
 RESULTS_DATA := model.path=warmstart "data.families=[count,arith,compare,spatial,pope,text]" data.image_size=112 \
-	data.val_per_family=64 train.max_steps=60 train.prompts_per_step=8 rollout.n=8 rollout.max_new_tokens=32
+	data.val_per_family=64 train.max_steps=60 data.rollout_batch_size=8 rollout.n=8 rollout.max_new_tokens=32
 results: $(VENV)/.base
 	$(VENV)/bin/perceptrl compare $(RESULTS_ARGS)
 	# supplement (outside the equal tuning budget): NoisyGRPO at a lower learning rate

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--placebo", action="store_true", help="a reward independent of correctness")
     parser.add_argument("--off-by-one-sft", type=int, default=0, metavar="STEPS",
                         help="start from the warm start after STEPS supervised steps on off-by-one counting answers")
-    parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. train.prompts_per_step=16")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. data.rollout_batch_size=16")
     args = parser.parse_args()
     if args.placebo:
         rl.RewardFunction = PlaceboReward

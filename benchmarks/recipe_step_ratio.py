@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         for name in args.recipes:
             base, extra = VARIANTS.get(name, (name, []))
             config = load_config(ROOT / "recipes" / f"{base}.yaml", [
-                f"train.max_steps={args.steps}", f"train.prompts_per_step={args.prompts}",
+                f"train.max_steps={args.steps}", f"data.rollout_batch_size={args.prompts}",
                 f"rollout.n={args.completions}", f"rollout.max_new_tokens={args.tokens}",
                 "data.val_per_family=1", "train.progress=false", "train.save_final=false", "train.resume=none",
                 f"train.output_dir={out / f'{name}-{round_}'}", f"train.seed={round_}", *extra,

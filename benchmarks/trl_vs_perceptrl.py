@@ -64,7 +64,7 @@ def run_perceptrl(args) -> dict:
         overrides = [
             f"train.output_dir={out}", "train.resume=none", f"train.max_steps={args.steps}",
             "train.save_final=false", "train.progress=false", f"train.num_threads={args.threads}",
-            f"train.prompts_per_step={args.prompts}", f"train.micro_batch_size={args.prompts * args.completions}",
+            f"data.rollout_batch_size={args.prompts}", f"train.micro_batch_size={args.prompts * args.completions}",
             f"train.lr={LR}", "train.weight_decay=0.01", "train.max_grad_norm=1.0", "train.ppo_epochs=1",
             f"rollout.n={args.completions}", f"rollout.max_new_tokens={args.tokens}",
             "rollout.temperature=1.0", "rollout.top_p=1.0",

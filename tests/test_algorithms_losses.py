@@ -199,6 +199,15 @@ def test_kl_penalty_by_hand():
         kl_penalty(lp, ref, "k4")
 
 
+def test_kl_penalty_unclamped_as_trl():
+    # d = ref - lp = 12: exp(12) - 12 - 1 = 162741.79..., which EasyR1 clamps to 10 and TRL does not
+    lp, ref = torch.tensor([[0.0]], dtype=torch.float64), torch.tensor([[12.0]], dtype=torch.float64)
+    assert kl_penalty(lp, ref, "k3").item() == 10.0
+    assert kl_penalty(lp, ref, "k3", clamp=False).item() == pytest.approx(math.exp(12.0) - 13.0)
+    # d = 25 is outside EasyR1's [-20, 20] clamp of d too; unclamped keeps it
+    assert kl_penalty(lp, ref + 13.0, "k3", clamp=False).item() == pytest.approx(math.exp(25.0) - 26.0)
+
+
 def test_kl_penalty_gradient_k3():
     # d/dlp [exp(ref - lp) - (ref - lp) - 1] = 1 - exp(ref - lp) = 1 - .5 = .5
     lp = torch.tensor([[LN(0.5)]], requires_grad=True)

@@ -27,7 +27,7 @@ from perceptrl import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE_SECONDS = 5.0  # "a few seconds", generous for a loaded 2-core machine
-SMALL = ["train.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=8", "data.val_per_family=2",
+SMALL = ["data.rollout_batch_size=2", "rollout.n=2", "rollout.max_new_tokens=8", "data.val_per_family=2",
          "train.progress=false", "train.num_threads=1", "train.max_steps=1"]
 
 

@@ -60,3 +60,24 @@ def test_shipped_recipes_load():
 
     for path in sorted(Path(__file__).resolve().parent.parent.glob("recipes/*.yaml")):
         load_config(path)
+
+
+def test_prompts_per_step_is_an_alias_of_rollout_batch_size(tmp_path):
+    from perceptrl.config import ConfigError, load_config
+
+    assert load_config(None, ["train.prompts_per_step=12"]).data.rollout_batch_size == 12
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  prompts_per_step: 16\n")
+    assert load_config(recipe).data.rollout_batch_size == 16
+    assert load_config(recipe, ["data.rollout_batch_size=4"]).data.rollout_batch_size == 4  # an override wins
+    recipe.write_text("train:\n  prompts_per_step: 16\ndata:\n  rollout_batch_size: 8\n")
+    with pytest.raises(ConfigError, match="prompts_per_step.*another name for 'data.rollout_batch_size'"):
+        load_config(recipe)
+
+
+def test_global_batch_size_must_divide_the_rollout_batch():
+    from perceptrl.config import ConfigError, load_config
+
+    assert load_config(None, ["data.rollout_batch_size=12", "train.global_batch_size=4"]).train.global_batch_size == 4
+    with pytest.raises(ConfigError, match="global_batch_size \\(5\\) must divide data.rollout_batch_size \\(12\\)"):
+        load_config(None, ["data.rollout_batch_size=12", "train.global_batch_size=5"])

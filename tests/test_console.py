@@ -26,7 +26,7 @@ from perceptrl.models.families import FAMILY_NAMES, build_tiny_family
 from perceptrl.models.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["train.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=8", "data.val_per_family=2",
+SMALL = ["data.rollout_batch_size=2", "rollout.n=2", "rollout.max_new_tokens=8", "data.val_per_family=2",
          "train.num_threads=1"]
 
 

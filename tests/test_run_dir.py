@@ -28,7 +28,7 @@ from perceptrl.config import load_config
 from perceptrl.train.run_dir import FolderState, OutputLock, RunDirError, plan_start
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["train.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=8", "data.val_per_family=2",
+SMALL = ["data.rollout_batch_size=2", "rollout.n=2", "rollout.max_new_tokens=8", "data.val_per_family=2",
          "train.progress=false", "train.num_threads=1"]
 
 
@@ -125,6 +125,13 @@ def test_plan_table():
     assert plan_start(base, state).checkpoint.name == "checkpoint-2"
     assert plan_start(cfg("algorithm.kl_bias_correction=true", "train.resume=force"), state).forced == {
         "algorithm.kl_bias_correction": (False, True)}
+    # ... and may name a key by its old name (train.prompts_per_step, now data.rollout_batch_size)
+    renamed = base.to_dict()
+    renamed["train"]["prompts_per_step"] = renamed["data"].pop("rollout_batch_size")
+    state.saved_config = renamed
+    assert plan_start(base, state).checkpoint.name == "checkpoint-2"
+    with pytest.raises(RunDirError, match="data.rollout_batch_size"):
+        plan_start(cfg("data.rollout_batch_size=3"), state)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,22 +202,22 @@ def test_reused_output_folder(tmp_path, capsys):
 def test_finished_run_without_checkpoints_is_kept(tmp_path, capsys):
     """The issue's third case: ``final/`` and metrics of a run without checkpoints were replaced silently."""
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, "sft", "recipes/sft.yaml", out, "train.max_steps=2", "train.prompts_per_step=4")
+    code, _, err = run_cli(capsys, "sft", "recipes/sft.yaml", out, "train.max_steps=2", "data.rollout_batch_size=4")
     assert code == 0, err
     assert "`sft`" not in (out / "final" / "README.md").read_text() and "supervised warm start" in (
         out / "final" / "README.md").read_text()
     finished = snapshot(out)
-    code, _, err = run_cli(capsys, "sft", "recipes/sft.yaml", out, "train.max_steps=2", "train.prompts_per_step=4",
+    code, _, err = run_cli(capsys, "sft", "recipes/sft.yaml", out, "train.max_steps=2", "data.rollout_batch_size=4",
                            "train.lr=1e-4")
     assert code == 2 and "holds a finished different run (train.lr 0.001 -> 0.0001)" in one_line(err)
     code, _, err = run_cli(capsys, "train", "recipes/grpo.yaml", out, "train.max_steps=2")
     assert code == 2 and "recipe 'sft' -> 'grpo'" in one_line(err)
-    code, _, err = run_cli(capsys, "sft", "recipes/sft.yaml", out, "train.max_steps=4", "train.prompts_per_step=4")
+    code, _, err = run_cli(capsys, "sft", "recipes/sft.yaml", out, "train.max_steps=4", "data.rollout_batch_size=4")
     assert code == 2 and "finished run without a checkpoint" in one_line(err)
-    code, _, err = run_cli(capsys, "sft", "recipes/sft.yaml", out, "train.max_steps=2", "train.prompts_per_step=4")
+    code, _, err = run_cli(capsys, "sft", "recipes/sft.yaml", out, "train.max_steps=2", "data.rollout_batch_size=4")
     assert code == 0 and "nothing to do" in err
     assert snapshot(out) == finished
-    code, _, err = run_cli(capsys, "sft", "recipes/sft.yaml", out, "train.max_steps=2", "train.prompts_per_step=4",
+    code, _, err = run_cli(capsys, "sft", "recipes/sft.yaml", out, "train.max_steps=2", "data.rollout_batch_size=4",
                            "train.lr=1e-4", "train.overwrite=true")
     assert code == 0, err
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"] == 1e-4

@@ -43,6 +43,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # never on unless the user says so
     tiny_seed: int = 0  # initial weights when path == "tiny"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
+    freeze_vision_tower: bool = False  # no gradient into the vision encoder (EasyR1 worker.actor.model.freeze_vision_tower)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -65,6 +66,12 @@ class DataConfig:
     on_bad_sample: str = "error"  # error | skip: what to do with a malformed row of a data file
     max_prompt_chars: int = 8192  # longest problem (and answer) text accepted from data files, in characters
     max_image_pixels: int = 50_000_000  # largest image (width x height) accepted from data files
+    rollout_batch_size: int = 8  # prompts per rollout step, over all processes (EasyR1 data.rollout_batch_size;
+    #                              alias: train.prompts_per_step)
+    min_pixels: int | None = None  # images resized to at least this many pixels (EasyR1 data.min_pixels; None: processor's)
+    max_pixels: int | None = None  # images resized to at most this many pixels (EasyR1 data.max_pixels; None: processor's)
+    max_prompt_length: int | None = None  # prompt tokens, image tokens included (None: no limit)
+    filter_overlong_prompts: bool = True  # drop (count, log) prompts over max_prompt_length; false: error naming the row
 
 
 @dataclass
@@ -97,6 +104,7 @@ class AlgorithmConfig:
     kl_type: str = "k3"  # k1 | k2 | k3
     kl_bias_correction: bool = False  # multiply k3 by the importance ratio (TRL's use_bias_correction_kl)
     entropy_coef: float = 0.0  # bonus: subtract coef * mean full-vocabulary entropy
+    kl_clamp: bool = True  # clamp k3 to [-10, 10] and d to [-20, 20] as EasyR1; false: unclamped, as TRL (NoisyGRPO)
 
 
 @dataclass
@@ -159,7 +167,7 @@ class FiltersConfig:
     accuracy_low: float = 0.01  # keep a group when accuracy_low < mean accuracy < accuracy_high (PAPO code)
     accuracy_high: float = 0.99
     max_tries: int = 20  # at most this many generation rounds per step, then train on what there is
-    round_prompts: int = 0  # prompts generated per round (0 = train.prompts_per_step)
+    round_prompts: int = 0  # prompts generated per round (0 = data.rollout_batch_size)
     overlong_mask: bool = False  # take truncated completions out of the loss
     overlong_penalty: bool = False  # add DAPO's soft length punishment to the reward
     overlong_cache: int | None = None  # L_cache of the punishment, in tokens (None = 20% of rollout.max_new_tokens)
@@ -175,9 +183,10 @@ class TrainConfig:
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
-    prompts_per_step: int = 8
+    global_batch_size: int | None = None  # prompts per optimizer step (PPO mini-batch; EasyR1
+    #   worker.actor.global_batch_size); None: the whole rollout batch, one optimizer step per epoch
     micro_batch_size: int = 64  # sequences per forward/backward in the update
-    ppo_epochs: int = 1
+    ppo_epochs: int = 1  # passes over the rollout batch, each one optimizer step per mini-batch
     log_every: int = 1
     eval_every: int = 0  # 0 = only before and after training
     save_final: bool = True
@@ -311,6 +320,34 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+# Old or other frameworks' names accepted for a key: alias -> canonical dotted key.
+KEY_ALIASES = {
+    "train.prompts_per_step": "data.rollout_batch_size",  # perceptrl's name before mini-batches (EasyR1's is canonical)
+}
+
+
+def apply_aliases(raw: dict, source: str) -> dict:
+    """Rename aliased keys of one raw config tree (a file, or one override) to their canonical names.
+
+    Giving both an alias and its canonical key in one source is an error when the values differ.
+    """
+    for alias, canonical in KEY_ALIASES.items():
+        a_section, a_key = alias.split(".")
+        c_section, c_key = canonical.split(".")
+        section = raw.get(a_section)
+        if not isinstance(section, dict) or a_key not in section:
+            continue
+        value = section.pop(a_key)
+        target = raw.setdefault(c_section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{source}: '{c_section}' must be a mapping")
+        if c_key in target and target[c_key] != value:
+            raise ConfigError(f"{source}: '{alias}' ({value!r}) is another name for '{canonical}' "
+                              f"({target[c_key]!r}); give one of them")
+        target.setdefault(c_key, value)
+    return raw
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -326,7 +363,7 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config):
     """Build a config from an optional YAML file and ``key.path=value`` overrides."""
-    raw: dict = read_yaml(path) if path else {}
+    raw: dict = apply_aliases(read_yaml(path), str(path)) if path else {}
     if path:  # an error in the file names the file; one in an override names the override
         try:
             _build(cls, raw)
@@ -334,6 +371,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: {err}") from None
     for text in overrides or []:
         key, value = parse_override(text)
+        key = KEY_ALIASES.get(key, key)
         _set_dotted(raw, key, value)
         try:
             _build(cls, raw)
@@ -350,7 +388,12 @@ def validate(config: Config) -> None:
     checks = [
         (t.lr > 0, "train.lr must be > 0"),
         (t.max_steps >= 0, "train.max_steps must be >= 0"),
-        (t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1"),
+        (config.data.rollout_batch_size >= 1, "data.rollout_batch_size must be >= 1"),
+        (t.global_batch_size is None or t.global_batch_size >= 1, "train.global_batch_size must be >= 1 or null"),
+        (t.global_batch_size is None or config.data.rollout_batch_size % t.global_batch_size == 0,
+         f"train.global_batch_size ({t.global_batch_size}) must divide data.rollout_batch_size "
+         f"({config.data.rollout_batch_size}): every mini-batch has the same number of prompts"),
+        (t.ppo_epochs >= 1, "train.ppo_epochs must be >= 1"),
         (t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
         (t.max_grad_norm > 0, "train.max_grad_norm must be > 0"),
         (t.save_steps >= 0, "train.save_steps must be >= 0"),
@@ -392,6 +435,11 @@ def _data_checks(config: Config) -> list[tuple[bool, str]]:
 
     d = config.data
     checks = [
+        (d.min_pixels is None or d.min_pixels >= 1, "data.min_pixels must be >= 1 or null"),
+        (d.max_pixels is None or d.max_pixels >= 1, "data.max_pixels must be >= 1 or null"),
+        (d.min_pixels is None or d.max_pixels is None or d.min_pixels <= d.max_pixels,
+         f"data.min_pixels ({d.min_pixels}) must be <= data.max_pixels ({d.max_pixels})"),
+        (d.max_prompt_length is None or d.max_prompt_length >= 1, "data.max_prompt_length must be >= 1 or null"),
         (d.on_bad_sample in ("error", "skip"), f"data.on_bad_sample must be error or skip, got {d.on_bad_sample!r}"),
         (d.template in PROMPT_TEMPLATES,
          f"data.template: unknown prompt template {d.template!r}; valid names: {', '.join(sorted(PROMPT_TEMPLATES))}"),

@@ -43,7 +43,7 @@ def recipe_path(name: str) -> Path:
 
 
 def demo_overrides(budget: dict) -> list[str]:
-    return [*SUITE, f"train.max_steps={budget['steps']}", f"train.prompts_per_step={budget['prompts']}",
+    return [*SUITE, f"train.max_steps={budget['steps']}", f"data.rollout_batch_size={budget['prompts']}",
             f"rollout.n={budget['n']}", f"data.val_per_family={budget['val']}",
             f"rollout.max_new_tokens={budget['tokens']}", "train.save_final=true"]
 

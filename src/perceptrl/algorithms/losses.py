@@ -249,7 +249,8 @@ _KL_ALIASES = {"k1": "k1", "kl": "k1", "k2": "k2", "mse": "k2", "k3": "k3", "low
 
 
 @register_loss_term("kl_penalty")
-def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3", ratio: Tensor | None = None) -> Tensor:
+def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3", ratio: Tensor | None = None,
+               clamp: bool = True) -> Tensor:
     """Per-token KL(pi || pi_ref) estimate on the sampled tokens, ``[B, T] -> [B, T]``.
 
     Source: Schulman's "Approximating KL divergence" (k1/k2/k3) as coded in EasyR1
@@ -262,6 +263,9 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3", ratio: Tensor |
     which makes k3 an unbiased estimate under off-policy samples. Off by default (the seeds use plain
     k3). The ratio is used as given; pass it undetached to let the gradient flow through it, as TRL does.
     Ignored for k1/k2.
+
+    ``clamp=False``: k3 without either clamp, as TRL computes it (so NoisyGRPO's released trainer,
+    Artanic30/NoisyGRPO on TRL: ``torch.exp(ref - lp) - (ref - lp) - 1``).
     """
     k = _KL_ALIASES.get(kind)
     if k is None:
@@ -271,8 +275,11 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3", ratio: Tensor |
         return -d
     if k == "k2":
         return 0.5 * d.square()
-    d = d.clamp(-20.0, 20.0)
-    out = (torch.exp(d) - d - 1.0).clamp(-10.0, 10.0)
+    if not clamp:
+        out = torch.exp(d) - d - 1.0
+    else:
+        d = d.clamp(-20.0, 20.0)
+        out = (torch.exp(d) - d - 1.0).clamp(-10.0, 10.0)
     if ratio is not None:
         out = out * ratio
     return out

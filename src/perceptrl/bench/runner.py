@@ -57,7 +57,7 @@ class Case:
         out = list(self.recipe_overrides) + [
             f"train.output_dir={output_dir}", "train.resume=none", f"train.max_steps={self.steps}",
             "train.save_final=false", "train.save_steps=0", "train.progress=false", "train.eval_every=0",
-            f"train.num_threads={self.threads}", f"train.prompts_per_step={self.prompts}",
+            f"train.num_threads={self.threads}", f"data.rollout_batch_size={self.prompts}",
             f"rollout.n={g}", f"rollout.max_new_tokens={self.tokens}", f"data.image_size={self.image_size}",
             "data.val_per_family=1", "model.path=tiny",
         ]

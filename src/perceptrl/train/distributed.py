@@ -9,9 +9,9 @@ with ``"bf16": {"enabled": false}``). In one process (``WORLD_SIZE`` unset or 1)
 touches ``torch.distributed``, and the loop runs exactly as it would without this module.
 
 How the work is split (see docs/SCALING.md):
-- each process generates, scores and evaluates on its own: a step's ``train.prompts_per_step``
+- each process generates, scores and evaluates on its own: a step's ``data.rollout_batch_size``
   prompts are cut into one contiguous slice per process, and whole groups stay on one process
-  (``prompts_per_step`` must divide by the number of processes);
+  (``rollout_batch_size`` must divide by the number of processes);
 - the update's loss denominators are global: the token and sequence counts of the update batch are
   summed over processes (:meth:`Distributed.all_reduce_sum`). DDP, FSDP and DeepSpeed *average* the
   gradients over processes, so the loss is multiplied by the world size before the backward pass
@@ -165,7 +165,7 @@ class Distributed:
         from perceptrl.config import ConfigError
 
         train_cfg = config.train
-        self.check_divisible(train_cfg.prompts_per_step)
+        self.check_divisible(config.data.rollout_batch_size)
         if self.deepspeed and train_cfg.save_steps:
             raise ConfigError("train.save_steps: checkpoints of DeepSpeed runs are not supported yet (ZeRO "
                               "partitions the optimizer state over processes); set train.save_steps=0")
@@ -192,12 +192,12 @@ class Distributed:
                                   "set stage3_gather_16bit_weights_on_model_save: true in the DeepSpeed config "
                                   "(configs/accelerate/zero3.json does), or train.save_final=false")
 
-    def check_divisible(self, prompts_per_step: int) -> None:
-        if prompts_per_step % self.world_size:
+    def check_divisible(self, rollout_batch_size: int) -> None:
+        if rollout_batch_size % self.world_size:
             from perceptrl.config import ConfigError
 
             raise ConfigError(
-                f"train.prompts_per_step ({prompts_per_step}) must be divisible by the number of processes "
+                f"data.rollout_batch_size ({rollout_batch_size}) must be divisible by the number of processes "
                 f"({self.world_size}): each process takes whole groups of an equal slice of the step's prompts"
             )
 

@@ -57,9 +57,9 @@ def render_model_card(config, before: dict, after: dict, steps: int, command: st
         f"Trained with perceptrl {_version()}: {method}{lora}, {steps} optimizer steps "
         f"from {base}.", "",
         f"- data: {data}",
-        f"- learning rate {config.train.lr:g}, {config.train.prompts_per_step} prompts x {config.rollout.n} "
+        f"- learning rate {config.train.lr:g}, {config.data.rollout_batch_size} prompts x {config.rollout.n} "
         f"completions per step, seed {config.train.seed}" if kind == "train" else
-        f"- learning rate {config.train.lr:g}, {config.train.prompts_per_step} samples per step, seed {config.train.seed}",
+        f"- learning rate {config.train.lr:g}, {config.data.rollout_batch_size} samples per step, seed {config.train.seed}",
         "", "## Held-out greedy accuracy", "", "| metric | before | after |", "|---|---|---|",
     ]
     for key in [k for k in after if k.startswith("accuracy")] or list(after):

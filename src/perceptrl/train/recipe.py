@@ -137,7 +137,7 @@ def build_recipe(config: Config) -> Recipe:
 
     terms: list[LossTerm] = [surrogate_term(a.eps_low, a.eps_high, a.dual_clip_c)]
     if a.kl_beta > 0:
-        terms.append(reference_kl_term(a.kl_beta, a.kl_type, a.kl_bias_correction))
+        terms.append(reference_kl_term(a.kl_beta, a.kl_type, a.kl_bias_correction, a.kl_clamp))
     if a.entropy_coef > 0:
         terms.append(entropy_bonus_term(a.entropy_coef))
     extras = []

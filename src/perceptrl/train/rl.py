@@ -75,7 +75,7 @@ class TrainingDiverged(RuntimeError):
 def train(config: Config, policy=None) -> TrainResult:
     """Run RL training as ``config`` says; returns held-out accuracy before and after."""
     dist = Distributed.from_environment()  # several processes: each takes a slice of every step's prompts
-    dist.check(config)  # prompts_per_step divisible by the number of processes, ...
+    dist.check(config)  # rollout_batch_size divisible by the number of processes, ...
     # Before any slow work: the output folder is usable, not in use, and this run may resume what it holds.
     with RunDir.open(config, "train", dist) as run:
         source = build_source(config.data, config.train.seed)  # validates data files
@@ -165,7 +165,7 @@ def _train(config: Config, policy, dist: Distributed, source, model_cfg, run: Ru
                     score_rollout(rollout, reward_fn)  # 2. Score: verifiable reward per completion.
                 return rollout
 
-            rollout = recipe.sample(next_prompts, rollout_once, t_cfg.prompts_per_step // dist.world_size, step)
+            rollout = recipe.sample(next_prompts, rollout_once, config.data.rollout_batch_size // dist.world_size, step)
             data_position = dist.all_reduce_max(data_position)  # DAPO's rounds may differ between processes
             t_gen = time.perf_counter()
 

@@ -23,6 +23,7 @@ and, at the end, the held-out accuracy before and after training.
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import math
@@ -37,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from perceptrl.config import Config, ConfigError, save_config
+from perceptrl.config import Config, ConfigError, apply_aliases, save_config
 from perceptrl.train.checkpoint import PREFIX, STATE_FILE, clean_partial, is_complete, list_checkpoints
 from perceptrl.train.command import command_line
 
@@ -264,7 +265,12 @@ def _plain(config: Config) -> dict[str, Any]:
 
 def config_changes(saved: dict, config: Config) -> dict[str, tuple[Any, Any]]:
     """``{key: (saved value, new value)}`` for every key that differs, except :data:`RESUMABLE_CHANGES`.
-    A key the saved config lacks (written by an older perceptrl) counts as its default."""
+    A key the saved config lacks (written by an older perceptrl) counts as its default; old key names
+    are read under their current ones."""
+    try:
+        saved = apply_aliases(copy.deepcopy(saved), CONFIG_FILE)
+    except ConfigError:  # both an old and a new name: compare as written
+        pass
     old, new, defaults = _flatten(saved), _plain(config), _plain(Config())
     changes = {}
     for key, value in new.items():

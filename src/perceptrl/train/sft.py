@@ -80,7 +80,8 @@ def _sft(config: Config, policy: Policy | None, source, run: RunDir) -> TrainRes
     policy.model.train()
     for step in range(t_cfg.max_steps):
         t0 = time.perf_counter()
-        samples = [source.train_sample(step * t_cfg.prompts_per_step + i) for i in range(t_cfg.prompts_per_step)]
+        batch = config.data.rollout_batch_size  # prompts per SFT step
+        samples = [source.train_sample(step * batch + i) for i in range(batch)]
         encoded = policy.encode([template.instruction(s.problem) for s in samples], [s.images for s in samples])
         ids, mask = encode_targets(policy, [target_text(s, template) for s in samples], max_len)
         optimizer.zero_grad(set_to_none=True)

@@ -39,13 +39,14 @@ def surrogate_term(eps_low: float, eps_high: float, dual_clip_c: float | None) -
     return term
 
 
-def reference_kl_term(beta: float, kind: str, bias_correction: bool = False) -> LossTerm:
+def reference_kl_term(beta: float, kind: str, bias_correction: bool = False, clamp: bool = True) -> LossTerm:
     """``+ beta * agg(KL)`` to the frozen reference; ``bias_correction`` multiplies k3 by the
-    importance ratio (TRL's ``use_bias_correction_kl``; gradient flows through the ratio)."""
+    importance ratio (TRL's ``use_bias_correction_kl``; gradient flows through the ratio);
+    ``clamp``: EasyR1's clamps of k3 (false: unclamped, as TRL)."""
 
     def term(mb: MicroBatch):
         ratio = importance_ratio(mb.logprobs, mb.old_logprobs) if bias_correction else None
-        kl = kl_penalty(mb.logprobs, mb.extra["ref_logprobs"], kind, ratio=ratio)
+        kl = kl_penalty(mb.logprobs, mb.extra["ref_logprobs"], kind, ratio=ratio, clamp=clamp)
         return beta * mb.agg(kl), {"kl_ref": masked_mean(kl.detach(), mb.mask)}
 
     return term
