@@ -299,3 +299,24 @@ def test_two_runs_started_at_once_into_one_folder(tmp_path):
     assert loser_err.count("\n") == 1 and f"is in use by another perceptrl run (pid {winner.pid} on " in loser_err
     assert json.loads((out / "run.json").read_text())["starts"][0]["pid"] == winner.pid
     assert train_steps(out) == [1]
+
+
+def test_lock_on_a_file_system_without_flock(tmp_path, monkeypatch):
+    """Windows, some network file systems: a lock file whose pid runs on this host holds the folder."""
+    import socket
+
+    from perceptrl.train import run_dir
+
+    monkeypatch.setattr(run_dir, "_flock", lambda fd, exclusive: None)
+    lock_file = tmp_path / ".perceptrl.lock"
+    lock_file.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(RunDirError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+        OutputLock(tmp_path).acquire()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid no longer runs
+    lock_file.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+    lock = OutputLock(tmp_path)
+    lock.acquire()
+    assert lock.stale["pid"] == gone.pid and json.loads(lock_file.read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not lock_file.exists()

@@ -161,11 +161,12 @@ def quiet_libraries() -> None:
     GPU; that one line is dropped (its other messages are kept)."""
     import logging
 
-    class _NoCpuAcceleratorNotice(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not str(record.msg).startswith("Setting accelerator to CPU")
-
-    logging.getLogger("DeepSpeed").addFilter(_NoCpuAcceleratorNotice())
+    logger = logging.getLogger("DeepSpeed")
+    if not any(getattr(f, "perceptrl", False) for f in logger.filters):  # once per process
+        notice = logging.Filter()
+        notice.filter = lambda record: not str(record.msg).startswith("Setting accelerator to CPU")
+        notice.perceptrl = True
+        logger.addFilter(notice)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from perceptrl.train.command import set_command
 
-    set_command(argv)  # run.json and the model card say which command made a run
     args = build_parser().parse_args(argv)
+    restore = set_command(argv)  # run.json and the model card say which command made a run
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         kind, code = found
         print_error(err, kind)
         return code
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

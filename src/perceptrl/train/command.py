@@ -15,8 +15,19 @@ from pathlib import Path
 ENV = "PERCEPTRL_COMMAND"
 
 
-def set_command(argv: list[str]) -> None:
+def set_command(argv: list[str]):
+    """Record ``perceptrl <argv>`` for this process and the workers it starts; returns a function that
+    puts back what was there before (the CLI calls it when the command ends)."""
+    before = os.environ.get(ENV)
     os.environ[ENV] = " ".join(shlex.quote(a) for a in ["perceptrl", *argv])
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
+
+    return restore
 
 
 def command_line() -> str:

@@ -156,11 +156,37 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
+_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def _flock(fd: int, exclusive: bool) -> bool | None:
+    """Try to ``flock`` without waiting: True locked, False held by another, None no flock here."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        return True
+    except OSError as err:
+        return False if err.errno in _BUSY else None  # ENOLCK, EOPNOTSUPP: a file system without flock
+
+
+def _unlock(fd: int) -> None:
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _live_on_this_host(info: dict) -> bool:
+    return info.get("host") == socket.gethostname() and _pid_alive(info.get("pid"))
+
+
 class OutputLock:
     """``<folder>/.perceptrl.lock``, held with ``flock`` (released by the kernel when the process dies).
 
-    Where ``fcntl`` is missing (Windows), the lock file is created exclusively and a lock whose
-    process no longer runs on this host is taken over.
+    Where there is no ``flock`` (Windows, some network file systems), a lock file whose process still
+    runs on this host holds the folder, and one whose process is gone is taken over.
     """
 
     def __init__(self, folder: Path):
@@ -176,43 +202,26 @@ class OutputLock:
         except OSError:
             return None
         try:
-            try:
-                import fcntl
-            except ImportError:
-                info = _read_info(fd)
-                return info if info.get("host") == socket.gethostname() and _pid_alive(info.get("pid")) else None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError as err:
-                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    return _read_info(fd) or {"pid": "?"}
+            got, info = _flock(fd, exclusive=False), _read_info(fd)
+            if got:
+                _unlock(fd)
                 return None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
+            if got is False:
+                return info or {"pid": "?"}
+            return info if _live_on_this_host(info) else None
         finally:
             os.close(fd)
 
     def acquire(self) -> None:
-        try:
-            import fcntl
-        except ImportError:
-            fcntl = None
+        """Hold the folder, or raise RunDirError naming the run that holds it."""
         while True:
-            if fcntl is None:
-                holder = self.in_use_by()
-                if holder:
-                    self._refuse(holder)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            else:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as err:
-                    holder = _read_info(fd)
-                    os.close(fd)
-                    if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                        self._refuse(holder)
-                    raise
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            got = _flock(fd, exclusive=True)
+            previous = _read_info(fd)
+            if got is False or (got is None and _live_on_this_host(previous)):
+                os.close(fd)
+                self._refuse(previous or {"pid": "?"})
+            if got:
                 try:  # a releasing run unlinks the file: make sure we locked the one at the path
                     same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
                 except FileNotFoundError:
@@ -220,7 +229,6 @@ class OutputLock:
                 if not same:
                     os.close(fd)
                     continue
-            previous = _read_info(fd)
             self.stale = previous or None
             info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": command_line()}
             os.ftruncate(fd, 0)
