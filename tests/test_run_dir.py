@@ -25,7 +25,8 @@ import yaml
 
 from perceptrl import cli
 from perceptrl.config import load_config
-from perceptrl.train.run_dir import FolderState, OutputLock, RunDirError, plan_start
+from perceptrl.train.output_lock import FolderInUse, OutputLock
+from perceptrl.train.run_plan import FolderState, RunDirError, plan_start
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.rollout_batch_size=2", "rollout.n=2", "rollout.max_new_tokens=8", "data.val_per_family=2",
@@ -231,7 +232,7 @@ def test_finished_run_without_checkpoints_is_kept(tmp_path, capsys):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from perceptrl.train.run_dir import OutputLock
+from perceptrl.train.output_lock import OutputLock
 lock = OutputLock(Path(sys.argv[1]))
 lock.acquire()
 print("locked", flush=True)
@@ -262,7 +263,7 @@ def test_lock_names_its_holder_and_a_stale_lock_is_taken_over(tmp_path, capsys):
         assert time.perf_counter() - t0 < 5.0
         assert snapshot(out) == before
         # in one process too: a second lock on the folder is refused
-        with pytest.raises(RunDirError, match=f"pid {holder.pid}"):
+        with pytest.raises(FolderInUse, match=f"pid {holder.pid}"):
             OutputLock(out).acquire()
     finally:
         holder.kill()
@@ -305,12 +306,12 @@ def test_lock_on_a_file_system_without_flock(tmp_path, monkeypatch):
     """Windows, some network file systems: a lock file whose pid runs on this host holds the folder."""
     import socket
 
-    from perceptrl.train import run_dir
+    from perceptrl.train import output_lock
 
-    monkeypatch.setattr(run_dir, "_flock", lambda fd, exclusive: None)
+    monkeypatch.setattr(output_lock, "_flock", lambda fd, exclusive: None)
     lock_file = tmp_path / ".perceptrl.lock"
     lock_file.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    with pytest.raises(RunDirError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+    with pytest.raises(FolderInUse, match=f"pid {os.getpid()} on {socket.gethostname()}"):
         OutputLock(tmp_path).acquire()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # its pid no longer runs
