@@ -316,35 +316,60 @@ def test_bad_report_to(capsys, previous_run, monkeypatch, value, fragment):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
-    """The write of checkpoint-2 fails as safetensors reports a full disk: one line naming the file and the
-    space needed; checkpoint-1 intact, no partial folder; the same command resumes from checkpoint-1."""
+@pytest.mark.parametrize("writer", ["safetensors", "torch.save"])
+def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch, writer):
+    """The write of checkpoint-2 fails as a full disk makes it fail: safetensors says "No space left on
+    device"; torch.save only says "unexpected pos" (then the free space decides). One line naming the
+    file and the space needed; checkpoint-1 intact, no partial folder; the same command resumes from it."""
     from safetensors import SafetensorError
 
     from perceptrl.train import checkpoint as ck
 
     out = tmp_path / "out"
     argv = train_argv(out, "train.max_steps=3", "train.save_steps=1")
-    real_save, calls = ck.save_file, []
+    real_save_file, real_torch_save, real_usage = ck.save_file, ck.torch.save, ck.shutil.disk_usage
+    calls = []
 
     def save_file(tensors, path, metadata=None):
         calls.append(path)
-        if len(calls) == 2:
+        if len(calls) == 2 and writer == "safetensors":
             Path(path).write_bytes(b"\0" * 1000)  # a partial file, as a full disk leaves it
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-        return real_save(tensors, path, metadata=metadata)
+        return real_save_file(tensors, path, metadata=metadata)
+
+    def torch_save(obj, path, *args, **kwargs):
+        if len(calls) == 2 and writer == "torch.save" and str(path).endswith("trainer_state.pt"):
+            Path(path).write_bytes(b"\0" * 1000)
+            monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=2**20))
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        return real_torch_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(ck, "save_file", save_file)
+    monkeypatch.setattr(ck.torch, "save", torch_save)
     code, err, _ = run_cli(capsys, argv)
-    line = assert_one_line(code, err, 0.0, [f"no space left on device writing checkpoint-2/model.safetensors in {out}",
+    file = "model.safetensors" if writer == "safetensors" else "trainer_state.pt"
+    line = assert_one_line(code, err, 0.0, [f"no space left on device writing checkpoint-2/{file} in {out}",
                                             "MiB free", "checkpoint-1 is intact: free space, then run the same command "
                                             "to resume from it"], kind="disk full")
     needed = float(line.split("needs about ")[1].split(" MiB")[0])
     assert 5.0 < needed < 10.0  # weights (2.3 MiB) and AdamW moments (4.5 MiB) of the 0.6 M-parameter model
     assert sorted(p.name for p in out.iterdir() if p.name.startswith((".", "checkpoint"))) == ["checkpoint-1"]
-    monkeypatch.setattr(ck, "save_file", real_save)
+    monkeypatch.undo()
     code, err, _ = run_cli(capsys, argv)
     assert code == 0 and f"resuming from {out / 'checkpoint-1'} at step 1 of 3" in err, err
+
+
+def test_other_write_errors_keep_their_traceback(tmp_path, monkeypatch):
+    """Only a full disk becomes one line: a write error with room to spare is a bug and propagates."""
+    from perceptrl.train import checkpoint as ck
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(ck, "save_file", broken)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match="some other failure"):
+        ck.save_checkpoint(tmp_path, 1, model, torch.optim.AdamW(model.parameters()))
 
 
 @pytest.mark.slow  # ~20-35 s on a loaded 2-core machine; the test above checks the same in-process

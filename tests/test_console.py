@@ -73,7 +73,7 @@ def test_a_run_prints_only_progress_and_results(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default")  # no warning may be hidden by a filter
     result = subprocess.run([*perceptrl_script(), "train", "recipes/grpo.yaml", *SMALL, "model.path=warmstart",
-                             "train.max_steps=2", f"train.output_dir={out}"], cwd=ROOT, env=env,
+                             "train.max_steps=1", f"train.output_dir={out}"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     progress = [part.strip() for part in result.stderr.replace("\r", "\n").splitlines() if part.strip()]
