@@ -35,8 +35,8 @@ from perceptrl import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE_SECONDS = 5.0  # "a few seconds", generous for a loaded 2-core machine
-SMALL = {"train": {"max_steps": 1, "prompts_per_step": 2, "progress": False},
-         "rollout": {"n": 2, "max_new_tokens": 8}, "data": {"val_per_family": 2}}
+SMALL = {"train": {"max_steps": 1, "progress": False},
+         "rollout": {"n": 2, "max_new_tokens": 8}, "data": {"val_per_family": 2, "rollout_batch_size": 2}}
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,16 @@ from perceptrl.config import ConfigError, load_config
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config or recipe (e.g. recipes/grpo.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config, build the model without weights and print the plan (steps, tokens, "
+                             "parameters, GPU memory on 1-8 GPUs); train nothing")
+
+
+def _dry_run(config, command: str, args) -> int:
+    from perceptrl.train.dry_run import dry_run
+
+    dry_run(config, command, _split_config(args)[0] or "")
+    return 0
 
 
 def _split_config(args) -> tuple[str | None, list[str]]:
@@ -45,6 +55,8 @@ def cmd_sft(args) -> int:
     from perceptrl.train.sft import sft
 
     config = load_config(*_split_config(args))
+    if args.dry_run:
+        return _dry_run(config, "sft", args)
     result = sft(config)
     print_before_after("SFT", result.before, result.after, result.output_dir)
     return 0
@@ -54,6 +66,8 @@ def cmd_train(args) -> int:
     from perceptrl.train.rl import train
 
     config = load_config(*_split_config(args))
+    if args.dry_run:
+        return _dry_run(config, "train", args)
     result = train(config)
     if result.is_main:  # one report from a multi-process run
         print_before_after(config.recipe, result.before, result.after, result.output_dir)

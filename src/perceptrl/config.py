@@ -348,8 +348,104 @@ def apply_aliases(raw: dict, source: str) -> dict:
     return raw
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+# Recipe files may inherit: ``base: <recipe>`` names the file whose settings this one starts from, and
+# ``differs_from_base`` records why a key outside the method's own section differs from the base
+# (dotted key -> reason; tests/test_recipe_pairs.py checks every such difference has one). Both are
+# read and removed by the loader: they are not settings.
+BASE_KEY = "base"
+REASONS_KEY = "differs_from_base"
+
+
+@dataclass
+class RecipeFile:
+    """One file of a recipe's inheritance chain, as written (aliases applied, meta keys removed)."""
+
+    path: Path
+    raw: dict  # this file's own settings
+    base: str | None  # its ``base:`` entry as written, if any
+    reasons: dict[str, str]  # its ``differs_from_base`` entries
+
+
+@dataclass
+class RecipeSource:
+    """A recipe file resolved through its ``base:`` chain.
+
+    ``raw`` is the merged settings tree (what ``read_yaml`` returns); ``chain`` the files from the
+    root base to the file itself.
+    """
+
+    raw: dict
+    chain: list[RecipeFile]
+
+    def reasons_since(self, ancestor: str | Path) -> dict[str, str]:
+        """The ``differs_from_base`` entries of the files below ``ancestor`` in the chain (a recipe
+        name or path); all of them if ``ancestor`` is not in the chain."""
+        target = Path(ancestor).resolve() if str(ancestor).endswith((".yaml", ".yml")) else None
+        out: dict[str, str] = {}
+        for file in reversed(self.chain):
+            if file.path == target or (target is None and file.path.stem == str(ancestor)):
+                break
+            for key, reason in file.reasons.items():
+                out.setdefault(key, reason)
+        return out
+
+
+def recipes_dir() -> Path:
+    """The shipped ``recipes/`` folder of the source checkout (the package is installed from it)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "recipes" / "grpo.yaml").is_file():
+            return parent / "recipes"
+    return Path.cwd() / "recipes"
+
+
+def _base_path(value: Any, including: Path) -> Path:
+    """Where ``base: value`` of the file ``including`` points.
+
+    A value ending in ``.yaml``/``.yml`` is a path relative to the including file's folder (or
+    absolute); anything else is a recipe name, ``<recipes>/<name>.yaml``, where ``<recipes>`` is the
+    nearest folder named ``recipes`` around the including file, else the shipped ``recipes/``.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{including}: '{BASE_KEY}' must be a recipe name or a YAML path, got {value!r}")
+    value = value.strip()
+    if value.endswith((".yaml", ".yml")):
+        path = Path(value)
+        path = (path if path.is_absolute() else including.parent / path).resolve()
+        if not path.is_file():
+            raise ConfigError(f"{including}: base recipe '{value}' not found ({path} is not a file)")
+        return path
+    roots = [p for p in including.parents if p.name == "recipes"][:1] + [recipes_dir()]
+    for root in roots:
+        candidate = (root / f"{value}.yaml").resolve()
+        if candidate.is_file():
+            return candidate
+    looked = " or ".join(str(r / f"{value}.yaml") for r in dict.fromkeys(roots))
+    raise ConfigError(f"{including}: base recipe '{value}' not found (looked for {looked})")
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    """Dotted keys of the leaves of a raw settings tree (a mapping under a section is descended)."""
+    keys = set()
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        keys |= _leaf_keys(value, dotted) if isinstance(value, dict) else {dotted}
+    return keys
+
+
+def _config_leaf_keys(cls: type = None, prefix: str = "") -> set[str]:
+    """Every dotted leaf key of the ``Config`` tree."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
+    keys = set()
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        keys |= _config_leaf_keys(hints[f.name], dotted) if dataclasses.is_dataclass(hints[f.name]) else {dotted}
+    return keys
+
+
+def _read_file(path: Path) -> RecipeFile:
+    """One YAML file: parsed, aliases applied, ``base`` and ``differs_from_base`` taken out and checked."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -358,17 +454,77 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: malformed YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return raw
+    base = raw.pop(BASE_KEY, None)
+    reasons = raw.pop(REASONS_KEY, None) or {}
+    raw = apply_aliases(raw, str(path))
+    if not isinstance(reasons, dict):
+        raise ConfigError(f"{path}: '{REASONS_KEY}' must map dotted keys to reasons, got {reasons!r}")
+    if reasons and base is None:
+        raise ConfigError(f"{path}: '{REASONS_KEY}' needs a '{BASE_KEY}' recipe to differ from")
+    valid, own = _config_leaf_keys(), _leaf_keys(raw)
+    for key, reason in reasons.items():
+        key = KEY_ALIASES.get(key, key)
+        if key not in valid:
+            raise ConfigError(f"{path}: {REASONS_KEY}: unknown key '{key}'")
+        if key not in own:
+            raise ConfigError(f"{path}: {REASONS_KEY}: '{key}' is not set in this file")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ConfigError(f"{path}: {REASONS_KEY}: '{key}' needs a reason (a non-empty string)")
+    reasons = {KEY_ALIASES.get(k, k): v.strip() for k, v in reasons.items()}
+    return RecipeFile(path, raw, base, reasons)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: mappings merge key by key, anything else (lists, null) replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_recipe(path: str | Path, cls: type | None = None) -> RecipeSource:
+    """A recipe file and its ``base:`` chain, merged (base first, each file's settings on top).
+
+    A missing base, a cycle, and (with ``cls``) an unknown key or a value of the wrong type are
+    ``ConfigError``s that name the file where the problem is.
+    """
+    path = Path(path).resolve() if Path(path).is_file() else Path(path)
+    chain: list[RecipeFile] = []
+    seen: list[Path] = []
+    while True:
+        if path in seen:
+            loop = " -> ".join(p.name for p in [*seen[seen.index(path):], path])
+            raise ConfigError(f"{seen[-1]}: '{BASE_KEY}' makes a cycle: {loop}")
+        seen.append(path)
+        file = _read_file(path)
+        if cls is not None:
+            try:
+                _build(cls, file.raw)  # names and types, file by file (so the error names the right file)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: {err}") from None
+        chain.append(file)
+        if file.base is None:
+            break
+        path = _base_path(file.base, path)
+    chain.reverse()
+    raw: dict = {}
+    for file in chain:
+        raw = deep_merge(raw, file.raw)
+    return RecipeSource(raw, chain)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The settings tree of a YAML config, resolved through its ``base:`` chain (see ``read_recipe``)."""
+    return read_recipe(path).raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config):
-    """Build a config from an optional YAML file and ``key.path=value`` overrides."""
-    raw: dict = apply_aliases(read_yaml(path), str(path)) if path else {}
-    if path:  # an error in the file names the file; one in an override names the override
-        try:
-            _build(cls, raw)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
+    """Build a config from an optional YAML file (and its ``base:`` chain) and ``key.path=value`` overrides.
+    An error in a file names the file (``read_recipe``); one in an override names the override."""
+    raw: dict = read_recipe(path, cls).raw if path else {}
     for text in overrides or []:
         key, value = parse_override(text)
         key = KEY_ALIASES.get(key, key)
