@@ -132,7 +132,7 @@ def test_plan_table():
     state.saved_config = renamed
     assert plan_start(base, state).checkpoint.name == "checkpoint-2"
     with pytest.raises(RunDirError, match="data.rollout_batch_size"):
-        plan_start(cfg("data.rollout_batch_size=3"), state)
+        plan_start(cfg("data.rollout_batch_size=4"), state)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -92,10 +92,16 @@ def _same_number(a: Any, b: Any) -> bool:
             and not isinstance(b, bool) and math.isclose(a, b, rel_tol=0, abs_tol=0))
 
 
+# Named first when a refusal lists what differs: what tells one run from another at a glance.
+_FIRST = ("recipe", "model.path", "data.train_files", "train.seed", "train.lr")
+
+
 def describe_changes(changes: dict[str, tuple[Any, Any]], limit: int = 6) -> str:
-    parts = [f"{key} {old!r} -> {new!r}" for key, (old, new) in list(changes.items())[:limit]]
-    more = len(changes) - limit
-    return ", ".join(parts) + (f" and {more} more" if more > 0 else "")
+    """``recipe 'grpo' -> 'papo_g', train.lr 5e-05 -> 0.0001 and 3 more keys``."""
+    keys = sorted(changes, key=lambda k: _FIRST.index(k) if k in _FIRST else len(_FIRST))
+    parts = [f"{key} {changes[key][0]!r} -> {changes[key][1]!r}" for key in keys[:limit]]
+    more = len(keys) - limit
+    return ", ".join(parts) + (f" and {more} more key{'s' if more > 1 else ''}" if more > 0 else "")
 
 
 def step_of(checkpoint: Path) -> int:
