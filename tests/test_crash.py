@@ -9,11 +9,16 @@ then the command is run once more without a kill and its ``final/model.safetenso
 uninterrupted run's, tensor by tensor, bit for bit, and ``metrics.jsonl`` must hold each training
 step exactly once.
 
+The run takes two PPO mini-batches per rollout step (two optimizer steps; checkpoints are written
+at rollout-step boundaries only), so a kill can also land between the two optimizer steps of one
+rollout step; :func:`test_kill_between_minibatches_resumes_bitwise` makes sure one does.
+
 Three ways to kill, cycled through the trials:
 
 - ``hook``: ``PERCEPTRL_CRASH_AT=<point>@<step>`` makes the run SIGKILL itself at a named point of
   ``save_checkpoint`` / ``save_final`` (``perceptrl.train.checkpoint.CRASH_POINTS``): inside the
-  temporary folder, after the rename, while pruning, while writing ``final/``;
+  temporary folder, after the rename, while pruning, while writing ``final/``, or (``minibatch``)
+  between the two optimizer steps of a rollout step;
 - ``poll``: the test watches the output folder and sends SIGKILL as soon as the temporary folder
   of a chosen step's checkpoint appears (an outside kill landing inside the write);
 - ``timer``: SIGKILL after a random delay (anywhere: start-up, evaluation, rollout, update, ...).
@@ -50,7 +55,8 @@ RUN_TIMEOUT = 300
 OVERRIDES = [
     f"train.max_steps={MAX_STEPS}", "train.save_steps=1", f"train.save_total_limit={SAVE_TOTAL_LIMIT}",
     "train.deterministic=true", "train.num_threads=1", "train.progress=false", "train.lr=1e-3",
-    "train.prompts_per_step=2", "rollout.n=4", "rollout.max_new_tokens=8", "data.val_per_family=2",
+    "train.prompts_per_step=2", "train.global_batch_size=1", "rollout.n=4", "rollout.max_new_tokens=8",
+    "data.val_per_family=2",
 ]
 
 
@@ -139,7 +145,7 @@ def check_on_disk(output_dir: Path) -> dict:
 
 def plan_kill(rng: random.Random, index: int, output_dir: Path, run_seconds: float, points: list[str]) -> dict:
     """Trial ``index``: hook, poll or timer in turn; hook trials take the crash points in the seeded
-    order ``points`` (so 8 hook trials, 24 trials in all, reach every point)."""
+    order ``points`` (so 9 hook trials, 27 trials in all, reach every point)."""
     mode = ("hook", "poll", "timer")[index % 3]
     done = latest_step(output_dir)
     step = rng.randint(done + 1, MAX_STEPS) if done < MAX_STEPS else None  # None: only final/ is left to write
@@ -186,13 +192,33 @@ def assert_same_weights(reference: Path, resumed: Path) -> None:
     assert not different, f"{len(different)} tensors differ from the uninterrupted run, e.g. {different[:3]}"
 
 
-def test_killed_runs_resume_bitwise(tmp_path):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run: (output folder, seconds it took)."""
+    folder = tmp_path_factory.mktemp("reference")
+    run_seconds = run_to_end(folder / "run", folder / "runs.log")
+    assert train_steps(folder / "run") == list(range(1, MAX_STEPS + 1))
+    return folder / "run", run_seconds
+
+
+def test_kill_between_minibatches_resumes_bitwise(tmp_path, reference):
+    """SIGKILL after the first of rollout step 3's two optimizer steps: the resumed run redoes step 3
+    from checkpoint-2 (rollout, both mini-batches) and ends bitwise equal to the uninterrupted run."""
+    reference, _ = reference
+    log, out = tmp_path / "runs.log", tmp_path / "crashed"
+    outcome = kill_once({"mode": "hook", "crash_at": "minibatch@3"}, out, log)
+    assert outcome["killed"] and outcome["checkpoints"] == ["checkpoint-1", "checkpoint-2"], outcome
+    assert train_steps(out) == [1, 2]  # step 3 never logged
+    run_to_end(out, log)
+    assert_same_weights(reference, out)
+    assert train_steps(out) == list(range(1, MAX_STEPS + 1))
+
+
+def test_killed_runs_resume_bitwise(tmp_path, reference):
     rng = random.Random(SEED)
     print(f"\ncrash test: seed {SEED}, {TRIALS} kills (PERCEPTRL_CRASH_SEED / PERCEPTRL_CRASH_TRIALS)")
     log = tmp_path / "runs.log"
-    reference = tmp_path / "reference"
-    run_seconds = run_to_end(reference, log)
-    assert train_steps(reference) == list(range(1, MAX_STEPS + 1))
+    reference, run_seconds = reference
 
     points = rng.sample(CRASH_POINTS, len(CRASH_POINTS))
     trials: list[dict] = []

@@ -153,6 +153,34 @@ def test_two_process_resume_continues_exactly(two_process_run, tmp_path):
     assert [r["step"] for r in read_metrics(resumed) if "loss" in r] == [3]
 
 
+MINIBATCHES = ["train.prompts_per_step=6", "train.global_batch_size=2", "train.max_steps=2"]
+MINIBATCH_TOLERANCE = 1e-5  # measured 3.2e-6 after 6 AdamW steps at lr 1e-3, while the parameters moved 6.0e-3
+
+
+def test_two_processes_take_the_same_minibatch_steps_as_one(tmp_path):
+    """6 prompts in 3 mini-batches of 2 (each process holds one prompt of each; one process cuts each
+    mini-batch's 8 rows into micro-batches of 6 + 2): every optimizer step sees the same prompts and the
+    same global denominators, so the runs agree step by step. lp_old comes from the no-grad pass before
+    the first step (ratio exactly 1 there) and PAPO's clip fractions of the later steps are equal."""
+    two = tmp_path / "two"
+    launch(2, two, *MINIBATCHES)
+    one = one_process(tmp_path / "one", *MINIBATCHES).output_dir
+    rows_one = [r for r in read_metrics(one) if "loss" in r]
+    rows_two = [r for r in read_metrics(two) if "loss" in r]
+    for r1, r2 in zip(rows_one, rows_two, strict=True):
+        assert r1["update/optimizer_steps"] == r2["update/optimizer_steps"] == 3.0
+        assert r1["num_completions"] == r2["num_completions"] == 24.0
+        assert r1["ratio_mean/first_mb"] == r2["ratio_mean/first_mb"] == 1.0
+        for key in ("loss", "ratio_mean/later_mbs", "ppo_kl/later_mbs", "entropy"):
+            assert r1[key] == pytest.approx(r2[key], rel=1e-5, abs=1e-7), key
+        for key in ("grad_norm", "clip_frac_high/later_mbs", "clip_frac_low/later_mbs"):
+            assert r1[key] == pytest.approx(r2[key], rel=1e-4, abs=1e-7), key
+    assert rows_one[1]["ppo_kl/later_mbs"] != 0.0  # the later steps did see a moved policy
+    moved, diff = max_diff(weights(one), weights_at_start(tmp_path / "start")), max_diff(weights(one), weights(two))
+    print(f"1 vs 2 processes, 3 mini-batches x 2 steps: max |w_1proc - w_2proc| = {diff:.2e} (moved {moved:.2e})")
+    assert moved > 30 * MINIBATCH_TOLERANCE and diff <= MINIBATCH_TOLERANCE
+
+
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp") / "run"

@@ -165,9 +165,28 @@ def test_dupl_paper_plan_groups_update_rows_and_branch_choice():
     # exactly one sample of every (clean o_i, noisy o'_i) pair is trained on
     keep = rollout.update_mask.view(2, 2, G)
     assert torch.equal(keep[:, 0] ^ keep[:, 1], torch.ones(2, G, dtype=torch.bool))
-    draws = torch.from_numpy(plan.branch.draw(4, (2, G)))
+    draws = torch.from_numpy(plan.branch.draw_for_prompts(4, [0, 1], G))  # no data positions: prompts 0, 1
     assert torch.equal(keep[:, 1], draws)
     assert rollout.stats["dupl/p_noi"] == pytest.approx(0.6)  # 1 - 4 / 10
+
+
+def test_dupl_branch_draws_do_not_depend_on_the_number_of_processes():
+    """Each prompt's branch draws are seeded by its global data position: the 4 prompts of a step
+    rolled out by one process, or 2 + 2 by two processes, pick the same branches."""
+    G = 4
+    plan = DuplPaperPlan(G, sigma=0.4, branch=BranchSchedule("constant", 10, 0.5, seed=1))
+
+    def chosen(positions):
+        rollout = collect(FakePolicy(), samples(len(positions)), plan.gen_specs(3))
+        rollout.tags["data_position"] = torch.tensor(positions)[rollout.prompt_index]
+        plan.prepare(rollout, 3)
+        return rollout.update_mask.view(len(positions), 2, G)[:, 1]  # noisy sample picked, per pair
+
+    one = chosen([8, 9, 10, 11])
+    two = torch.cat([chosen([8, 9]), chosen([10, 11])])
+    assert torch.equal(one, two)
+    assert 0 < int(one.sum()) < one.numel()  # a real mix of branches
+    assert not torch.equal(chosen([8, 9, 10, 11]), chosen([12, 13, 14, 15]))  # other prompts, other draws
 
 
 def test_dupl_branch_draws_are_seeded_and_follow_p_noi():
@@ -178,6 +197,10 @@ def test_dupl_branch_draws_are_seeded_and_follow_p_noi():
     assert not np.array_equal(a, branch.draw(26, (400, 8)))
     assert abs(a.mean() - 0.75) < 0.03
     assert branch.draw(0, (50,)).all() and not branch.draw(100, (50,)).any()
+    per_prompt = branch.draw_for_prompts(25, list(range(400)), 8)
+    assert np.array_equal(per_prompt, branch.draw_for_prompts(25, list(range(400)), 8))
+    assert np.array_equal(per_prompt[7:9], branch.draw_for_prompts(25, [7, 8], 8))  # by position, not index
+    assert abs(per_prompt.mean() - 0.75) < 0.03
     assert BranchSchedule("constant", 100, 0.5, seed=3).p(70) == 0.5
 
 
@@ -285,15 +308,34 @@ def test_dynamic_sampling_merges_rounds_until_full():
 
 
 def test_dynamic_sampling_stops_after_max_tries_and_logs_shortfall():
-    acc = [[0, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]]
-    next_prompts, rollout_once, _ = _scripted_rounds(acc)
+    # round 1: one informative group of two; round 2: one of two (the released code would raise here)
+    acc = [[0, 1, 0, 0], [1, 1, 0, 1], [0, 1, 0, 1]]
+    next_prompts, rollout_once, position = _scripted_rounds(acc)
     rollout = DynamicSampling(0.01, 0.99, max_tries=2, round_prompts=2)(next_prompts, rollout_once, 4)
-    assert len(rollout.samples) == 1 and rollout.stats["dapo/shortfall"] == 3.0
-    assert rollout.stats["dapo/rounds"] == 2.0 and rollout.stats["dapo/groups_dropped"] == 3.0
-    # nothing kept at all: the last round is returned with no row in the update
+    assert position[0] == 4 and len(rollout.samples) == 2 and rollout.stats["dapo/shortfall"] == 2.0
+    assert rollout.scores["accuracy"].tolist() == [0, 1, 0, 1]
+    assert rollout.stats["dapo/rounds"] == 2.0 and rollout.stats["dapo/groups_dropped"] == 2.0
+
+
+def test_dynamic_sampling_keeps_a_round_in_which_no_group_passes_whole():
+    """As released (PAPO ``_make_batch_data``): a round without an informative group is kept whole and
+    counts towards the batch, which is then cut to exactly the requested prompts."""
+    # round 1: group means (.5, 0) -> prompt 0 kept; round 2: (1, 1, 0) all uninformative -> kept whole,
+    # cut to 2 of its 3 prompts
+    acc = [[1, 0, 0, 0], [1, 1, 1, 1, 0, 0]]
+    rounds = iter([2, 3])
+    next_prompts, rollout_once, position = _scripted_rounds(acc)
+    sampler = DynamicSampling(0.01, 0.99, max_tries=20, round_prompts=0)
+    rollout = sampler(lambda n: next_prompts(next(rounds)), rollout_once, 3)
+    assert position[0] == 5 and len(rollout.samples) == 3 and len(rollout) == 6  # exactly 3 prompts
+    assert rollout.scores["accuracy"].tolist() == [1, 0, 1, 1, 1, 1]
+    assert rollout.stats["dapo/rounds_kept_whole"] == 1.0 and rollout.stats["dapo/shortfall"] == 0.0
+    assert rollout.stats["dapo/groups_dropped"] == 1.0  # round 1's (0, 0); round 2 dropped nothing
+    assert rollout.update_mask is None
+    # the first round uninformative: it alone fills the batch
     next_prompts, rollout_once, _ = _scripted_rounds([[0, 0, 1, 1]] * 3)
-    empty = DynamicSampling(0.01, 0.99, max_tries=3, round_prompts=2)(next_prompts, rollout_once, 2)
-    assert len(empty) == 4 and not empty.update_mask.any() and empty.stats["dapo/shortfall"] == 2.0
+    whole = DynamicSampling(0.01, 0.99, max_tries=3, round_prompts=2)(next_prompts, rollout_once, 2)
+    assert len(whole) == 4 and whole.stats["dapo/rounds"] == 1.0 and whole.stats["dapo/shortfall"] == 0.0
 
 
 def test_dynamic_sampling_keeps_a_prompt_only_if_all_its_groups_pass():
@@ -561,6 +603,25 @@ def test_reference_kl_bias_correction_and_entropy_bonus():
     assert value.item() == pytest.approx(-0.5 * (-(p * p.log()).sum(-1)).mean().item(), abs=1e-6)
     value.backward()
     assert logits.grad.abs().sum() > 0
+
+
+def test_entropy_bonus_is_a_token_mean_whatever_the_aggregation():
+    """NoisyRollout's released bonus: ``- coef * token_mean(H)`` over the mini-batch, even when the
+    surrogate is aggregated otherwise (here GRPO's seq_mean_token_mean, with global denominators)."""
+    from perceptrl.algorithms.losses import aggregate
+
+    logits = torch.tensor([[[0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [5.0, 0.0, 0.0]],
+                           [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])  # lengths 3 and 1
+    H = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    tokens, seqs = 10.0, 4.0  # the mini-batch's, over all its micro-batches
+    mb = make_mb(torch.zeros(2, 3), mask, logits=logits,
+                 agg=lambda v: aggregate(v, mask, "seq_mean_token_mean", tokens, seqs),
+                 token_mean=lambda v: aggregate(v, mask, "token_mean", tokens, seqs))
+    value, _ = entropy_bonus_term(1e-3)(mb)
+    assert value.item() == pytest.approx(-1e-3 * float((H * mask).sum()) / tokens, rel=1e-6)
+    seq_mean = (H[0].mean() + H[1, 0]) / seqs
+    assert abs(value.item() + 1e-3 * float(seq_mean)) > 1e-6  # not the surrogate's aggregation
 
 
 # ----------------------------------------------------------------------------------------------

@@ -91,16 +91,17 @@ def test_recipe_trains_three_steps(name, tmp_path, monkeypatch, fresh_policy):
     assert COMMON | SIGNALS[name] <= logged, (COMMON | SIGNALS[name]) - logged
     if name in ("dupl", "vogue", "dupl_dapo"):
         first = steps[0]
-        assert first["dupl/p_noi"] == 1.0 and first["dupl/noisy_fraction"] == 1.0  # p_noi(0) = 1
+        assert first["dupl/p_noi"] == pytest.approx(2 / 3)  # p_noi(s) = 1 - s / S at s = 1 (counted from 1), S = 3
     if name == "noisy_rollout":
         assert [s["noisy_rollout/t"] for s in steps] == [500.0, 500.0, 500.0]  # eta = 1 long before s_mid
 
 
 def test_dupl_released_variant_trains(tmp_path, monkeypatch, fresh_policy):
     _, changed, steps = _train("dupl", tmp_path, monkeypatch, fresh_policy,
-                               ["dupl.variant=released", "dupl.sigma=0.2", "dupl.view_per_rollout=true"])
+                               ["dupl.variant=released", "dupl.sigma=0.2", "dupl.view_per_rollout=true",
+                                "dupl.branch_schedule=constant", "dupl.branch_prob=1.0"])
     assert changed and all(math.isfinite(s["loss"]) for s in steps)
-    assert steps[0]["dupl/noisy_fraction"] == 1.0 and "dupl/u_per" in steps[0]  # step 0 draws the noisy branch
+    assert steps[0]["dupl/noisy_fraction"] == 1.0 and "dupl/u_per" in steps[0]  # p_noi = 1: the noisy branch
     assert {s["dupl/noisy_fraction"] for s in steps} <= {0.0, 1.0}  # one draw per step
 
 

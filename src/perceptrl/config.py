@@ -167,7 +167,7 @@ class FiltersConfig:
     accuracy_low: float = 0.01  # keep a group when accuracy_low < mean accuracy < accuracy_high (PAPO code)
     accuracy_high: float = 0.99
     max_tries: int = 20  # at most this many generation rounds per step, then train on what there is
-    round_prompts: int = 0  # prompts generated per round (0 = data.rollout_batch_size)
+    round_prompts: int = 0  # prompts generated per round, over all processes (0 = data.rollout_batch_size)
     overlong_mask: bool = False  # take truncated completions out of the loss
     overlong_penalty: bool = False  # add DAPO's soft length punishment to the reward
     overlong_cache: int | None = None  # L_cache of the punishment, in tokens (None = 20% of rollout.max_new_tokens)
@@ -176,13 +176,13 @@ class FiltersConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/default"
-    max_steps: int = 50
+    max_steps: int = 50  # rollout steps (EasyR1 trainer.max_steps; each one or more optimizer steps)
     seed: int = 0
     lr: float = 1e-5
     weight_decay: float = 0.01
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     max_grad_norm: float = 1.0
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear LR warm-up, in optimizer steps
     global_batch_size: int | None = None  # prompts per optimizer step (PPO mini-batch; EasyR1
     #   worker.actor.global_batch_size); None: the whole rollout batch, one optimizer step per epoch
     micro_batch_size: int = 64  # sequences per forward/backward in the update
@@ -190,12 +190,12 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 0  # 0 = only before and after training
     save_final: bool = True
-    save_steps: int = 0  # write a checkpoint every N optimizer steps (0 = never)
+    save_steps: int = 0  # write a checkpoint every N rollout steps (0 = never)
     save_total_limit: int = 2  # keep only the newest N checkpoints
     resume: str = "auto"  # auto (newest checkpoint of this same run) | none | force (even if the config differs) | a checkpoint path
     overwrite: bool = False  # replace a finished or different run already in output_dir (else it is refused)
     report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])  # + wandb (pip install 'perceptrl[wandb]')
-    max_bad_steps: int = 3  # stop after this many consecutive steps with a non-finite loss, reward or gradient
+    max_bad_steps: int = 3  # stop after this many rollout steps in a row with a non-finite loss, reward or gradient
     progress: bool = True
     deterministic: bool = False
     num_threads: int = 0  # 0 = leave torch's default

@@ -128,9 +128,11 @@ def clipped_surrogate(
         (bf16 log-probs with float32 advantages give a float32 loss); ``stats`` holds detached scalars
         ``clip_frac_low`` (A < 0 and rho < 1 - eps_low: the lower-clipped term is selected),
         ``clip_frac_high`` (A > 0 and rho > 1 + eps_high), ``dual_clip_frac`` (A < 0 and the -cA bound
-        is selected, i.e. rho > c), ``ratio_mean``, ``ratio_max`` (masked, over this call's tokens), and
-        for global aggregation the raw numerators ``clip_low_count``, ``clip_high_count``,
-        ``dual_clip_count``, ``ratio_sum`` and the denominator ``token_count`` (mask sum).
+        is selected, i.e. rho > c), ``ratio_mean``, ``ratio_max``, ``ppo_kl`` (the mean of
+        ``old_logp - logp``, verl's ``ppo_kl``: a k1 estimate of KL(pi_old || pi) on the sampled tokens)
+        (masked, over this call's tokens), and for global aggregation the raw numerators
+        ``clip_low_count``, ``clip_high_count``, ``dual_clip_count``, ``ratio_sum``, ``ppo_kl_sum`` and the
+        denominator ``token_count`` (mask sum).
     """
     if dual_clip_c is not None and dual_clip_c <= 1.0:
         raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
@@ -159,16 +161,20 @@ def clipped_surrogate(
         r32 = r.to(torch.float32)
         ratio_sum = torch.where(m, r32, torch.zeros_like(r32)).sum()
         ratio_max = torch.where(m, r32, torch.full_like(r32, float("-inf"))).max() if r.numel() else r32.new_zeros(())
+        log_ratio = (old_logp.detach() - logp.detach()).to(torch.float32).expand_as(r32)
+        kl_sum = torch.where(m, log_ratio, torch.zeros_like(log_ratio)).sum()
         stats = {
             "clip_frac_low": low.sum().to(torch.float32) / den,
             "clip_frac_high": high.sum().to(torch.float32) / den,
             "dual_clip_frac": dual.sum().to(torch.float32) / den,
             "ratio_mean": ratio_sum / den,
             "ratio_max": torch.where(n > 0, ratio_max, torch.zeros_like(ratio_max)),
+            "ppo_kl": kl_sum / den,
             "clip_low_count": low.sum().to(torch.float32),
             "clip_high_count": high.sum().to(torch.float32),
             "dual_clip_count": dual.sum().to(torch.float32),
             "ratio_sum": ratio_sum,
+            "ppo_kl_sum": kl_sum,
             "token_count": n,
         }
     return loss, stats

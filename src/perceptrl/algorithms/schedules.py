@@ -1,4 +1,8 @@
-"""Step schedules (spec section 10): pure functions of the optimizer step, so exact on resume.
+"""Step schedules (spec section 10): pure functions of the rollout step, so exact on resume.
+
+The training loop passes the rollout step counted from 1, as the released trainers do (they
+increment ``global_step`` before using it: NoisyRollout and DUPL ``ray_trainer.py``); the functions
+themselves take any step, so ``eta(0) = 1`` etc. (spec section 11) still hold.
 
 ``make_schedule(kind, total_steps, **params)`` returns a :class:`Schedule`, a callable ``step -> float``.
 Kinds: ``constant(value)``, ``linear(start, end)``, ``sigmoid(lam=30, s_mid=40, scale=1)``
@@ -23,7 +27,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Schedule:
-    """Base class: a frozen, stateless function of the (0-based) optimizer step."""
+    """Base class: a frozen, stateless function of the rollout step."""
 
     total_steps: int
 

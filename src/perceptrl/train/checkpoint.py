@@ -23,7 +23,9 @@ Every folder that may be read after a crash appears by one atomic rename:
 Fault injection for the crash test: if the environment variable ``PERCEPTRL_CRASH_AT`` is
 ``<point>@<step>`` the process kills itself with SIGKILL when it reaches ``<point>`` while saving
 the checkpoint of ``<step>`` (``<point>`` is one of :data:`CRASH_POINTS`; ``final`` ignores the
-step). It costs one dictionary lookup per point and does nothing when the variable is unset.
+step). ``minibatch@<step>`` is the loop's own point (:func:`crash_point`): between the first and
+the second optimizer step of rollout step ``<step>``, where no checkpoint is ever written. It costs
+one dictionary lookup per point and does nothing when the variable is unset.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ FINAL_DIR = "final"
 CRASH_ENV = "PERCEPTRL_CRASH_AT"
 #: Where ``PERCEPTRL_CRASH_AT`` can stop a save, in order.
 CRASH_POINTS = ("tmp_created", "weights_written", "trainer_written", "state_written", "synced",
-                "renamed", "pruning", "final")
+                "renamed", "pruning", "final", "minibatch")
 _LEFTOVER_PATTERNS = (".tmp-*", ".trash-*")  # folders of a write or delete that was killed (final/, adapter/, ...)
 
 
@@ -104,6 +106,11 @@ def _crash_point(point: str, step: int | None = None) -> None:
     name, _, at = spec.partition("@")
     if name == point and (point == "final" or not at or (step is not None and at == str(step))):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_point(point: str, step: int | None = None) -> None:
+    """A crash point outside the checkpoint writer (the loop's ``minibatch``; see the module docstring)."""
+    _crash_point(point, step)
 
 
 def _fsync_tree(path: Path) -> None:

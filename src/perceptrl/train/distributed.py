@@ -10,8 +10,10 @@ touches ``torch.distributed``, and the loop runs exactly as it would without thi
 
 How the work is split (see docs/SCALING.md):
 - each process generates, scores and evaluates on its own: a step's ``data.rollout_batch_size``
-  prompts are cut into one contiguous slice per process, and whole groups stay on one process
-  (``rollout_batch_size`` must divide by the number of processes);
+  prompts are cut into PPO mini-batches of ``train.global_batch_size`` prompts, and each mini-batch
+  into one contiguous slice per process (:meth:`Distributed.prompt_positions`), so that every
+  optimizer step sees the same prompts whatever the number of processes; whole groups stay on one
+  process (both sizes must divide by the number of processes);
 - the update's loss denominators are global: the token and sequence counts of the update batch are
   summed over processes (:meth:`Distributed.all_reduce_sum`). DDP, FSDP and DeepSpeed *average* the
   gradients over processes, so the loss is multiplied by the world size before the backward pass
@@ -166,6 +168,10 @@ class Distributed:
 
         train_cfg = config.train
         self.check_divisible(config.data.rollout_batch_size)
+        self.check_divisible(train_cfg.global_batch_size, "train.global_batch_size",
+                             "each process takes an equal share of every mini-batch")
+        self.check_divisible(config.filters.round_prompts, "filters.round_prompts",
+                             "each process generates an equal share of every dynamic-sampling round")
         if self.deepspeed and train_cfg.save_steps:
             raise ConfigError("train.save_steps: checkpoints of DeepSpeed runs are not supported yet (ZeRO "
                               "partitions the optimizer state over processes); set train.save_steps=0")
@@ -192,14 +198,27 @@ class Distributed:
                                   "set stage3_gather_16bit_weights_on_model_save: true in the DeepSpeed config "
                                   "(configs/accelerate/zero3.json does), or train.save_final=false")
 
-    def check_divisible(self, rollout_batch_size: int) -> None:
-        if rollout_batch_size % self.world_size:
+    def check_divisible(self, count: int | None, key: str = "data.rollout_batch_size",
+                        why: str = "each process takes whole groups of an equal slice of the step's prompts") -> None:
+        """A prompt count of the config (``key``, counted over all processes) must split evenly over them."""
+        if count and count % self.world_size:
             from perceptrl.config import ConfigError
 
-            raise ConfigError(
-                f"data.rollout_batch_size ({rollout_batch_size}) must be divisible by the number of processes "
-                f"({self.world_size}): each process takes whole groups of an equal slice of the step's prompts"
-            )
+            raise ConfigError(f"{key} ({count}) must be divisible by the number of processes "
+                              f"({self.world_size}): {why}")
+
+    def prompt_positions(self, start: int, n: int, block: int) -> list[int]:
+        """Global data positions of this process's ``n`` prompts among the next ``n * world_size`` from ``start``.
+
+        The ``n * world_size`` prompts are cut into blocks of ``block * world_size`` (one PPO mini-batch,
+        ``train.global_batch_size`` prompts); of each block, process ``r`` takes the contiguous slice
+        ``[r * block, (r + 1) * block)``. A mini-batch therefore holds the same prompts whatever the number
+        of processes, and so does every optimizer step. One process: ``start, start + 1, ...``.
+        """
+        if n % block:
+            raise ValueError(f"{n} prompts do not split into blocks of {block}")
+        span = block * self.world_size
+        return [start + (i // block) * span + self.rank * block + i % block for i in range(n)]
 
     def prepare(self, model, optimizer):
         """Wrap model and optimizer for the backend (DDP, FSDP2, DeepSpeed); identity in one process."""
@@ -357,7 +376,7 @@ class Distributed:
     def reduce_metrics(self, metrics: dict[str, float], weight_key: str = "num_completions") -> dict[str, float]:
         """One set of step metrics from all processes (the main process logs it).
 
-        ``*/max`` and ``*/min`` take the extreme, counts (``num_completions``, ``update/rows``,
+        ``*/max``, ``*_max`` and ``*/min`` take the extreme, counts (``num_completions``, ``update/rows``,
         ``dapo/*`` counts) are summed, everything else is averaged weighted by ``weight_key``.
         Metrics that are already global (loss, grad norm, lr) are equal on every process, so
         their weighted mean is themselves.
@@ -369,7 +388,7 @@ class Distributed:
         out: dict[str, float] = {}
         for key in {k for m in gathered for k in m}:
             values = [(m[key], w) for m, w in zip(gathered, weights) if key in m]
-            if key.endswith("/max"):
+            if key.endswith("/max") or key.endswith("_max"):
                 out[key] = max(v for v, _ in values)
             elif key.endswith("/min"):
                 out[key] = min(v for v, _ in values)

@@ -25,15 +25,24 @@ def single_round(next_prompts: Callable[[int], list], rollout_once: Callable[[li
 class DynamicSampling:
     """DAPO dynamic sampling: keep groups with ``low < mean accuracy < high``; regenerate until full.
 
-    Each round generates ``round_prompts`` new prompts (EasyR1's ``mini_rollout_batch_size``).
-    A prompt is kept when every one of its advantage groups passes (one group per prompt except
-    in DUPL's paper plan, whose clean and noisy groups must both be informative). Rounds continue
-    until ``n`` prompts are kept or ``max_tries`` rounds have run; the batch is then cut to the
-    first ``n`` kept prompts. Short of that, the step trains on what there is and logs the
-    shortfall; if nothing at all was kept, it returns the last round with no row marked for the
-    update (so the step logs its rollout but makes no optimizer step).
-    Logged: ``dapo/rounds``, ``dapo/groups_dropped``, ``dapo/prompts_kept``, ``dapo/shortfall``
-    and ``dapo/accuracy_generated`` (mean accuracy over everything generated).
+    As released (MikeWangWZHL/PAPO ``verl/trainer/ray_trainer.py`` ``_make_batch_data``; spec section 3):
+
+    - each round generates ``round_prompts`` new prompts (EasyR1's ``mini_rollout_batch_size``; here
+      this process's share: the config's ``filters.round_prompts`` counts all processes, like
+      ``data.rollout_batch_size``, and the recipe divides it by their number);
+    - a prompt is kept when every one of its advantage groups passes (one group per prompt except
+      in DUPL's paper plan, whose clean and noisy groups must both be informative);
+    - a round in which no group passes is kept whole (their code: ``if len(kept_sample_idxs) == 0:
+      kept_sample_idxs = list(range(len(uids)))``); its prompts count towards the batch, with zero
+      advantages (``dapo/rounds_kept_whole``);
+    - rounds continue until ``n`` prompts are kept, and the batch is cut to exactly the first ``n``
+      (their ``batch[: rollout_batch_size * n]``).
+
+    One difference: after ``max_tries`` rounds the released code raises an error (losing the run);
+    here the step trains on what there is and logs the shortfall (``dapo/shortfall``).
+    Each process fills its own share of the batch from its own rounds.
+    Logged: ``dapo/rounds``, ``dapo/groups_dropped``, ``dapo/prompts_kept``, ``dapo/shortfall``,
+    ``dapo/rounds_kept_whole`` and ``dapo/accuracy_generated`` (mean accuracy over everything generated).
     """
 
     def __init__(self, low: float, high: float, max_tries: int, round_prompts: int):
@@ -54,31 +63,29 @@ class DynamicSampling:
     def __call__(self, next_prompts: Callable[[int], list], rollout_once: Callable[[list], Rollout], n: int) -> Rollout:
         per_round = self.round_prompts or n
         kept_parts: list[Rollout] = []
-        n_kept = dropped = rounds = 0
+        n_kept = dropped = rounds = whole = 0
         acc_sum = acc_count = 0.0
-        last = None
         while rounds < self.max_tries and n_kept < n:
             rounds += 1
             last = rollout_once(next_prompts(per_round))
             acc_sum += float(last.scores["accuracy"].sum())
             acc_count += len(last)
             prompts, n_dropped = self.keep_prompts(last)
-            dropped += n_dropped
-            prompts = prompts[: n - n_kept]
             if prompts:
-                rows = torch.isin(last.prompt_index, torch.tensor(prompts)).nonzero().flatten()
-                kept_parts.append(last.subset(rows))
-                n_kept += len(prompts)
-        if kept_parts:
-            rollout = merge_rollouts(kept_parts)
-        else:
-            rollout = last
-            rollout.keep_for_update(torch.zeros(len(rollout), dtype=torch.bool))
+                dropped += n_dropped
+            else:  # no group passes: the released code keeps the whole round
+                prompts, whole = list(range(len(last.samples))), whole + 1
+            prompts = prompts[: n - n_kept]  # cut to exactly n prompts
+            rows = torch.isin(last.prompt_index, torch.tensor(prompts)).nonzero().flatten()
+            kept_parts.append(last.subset(rows) if len(rows) < len(last) else last)
+            n_kept += len(prompts)
+        rollout = merge_rollouts(kept_parts)
         rollout.stats.update({
             "dapo/rounds": float(rounds),
             "dapo/groups_dropped": float(dropped),
             "dapo/prompts_kept": float(n_kept),
             "dapo/shortfall": float(n - n_kept),
+            "dapo/rounds_kept_whole": float(whole),
             "dapo/accuracy_generated": acc_sum / max(acc_count, 1.0),
         })
         return rollout

@@ -1,6 +1,7 @@
 """Rollout plans: which views generate a step's completions, and which view each row is updated on.
 
-A plan answers, for a given optimizer step (so it is exact on resume):
+A plan answers, for a given rollout step ``s`` (counted from 1 as the released trainers count
+``global_step``; a pure function of it, so exact on resume):
 - ``gen_specs(step)``: the generating views and their counts (``GenSpec``);
 - ``scoring_views(step)``: views the completions are only re-scored under;
 - ``prepare(rollout, step)``: once the rollout exists, which rows make the update and on which
@@ -106,11 +107,27 @@ class LadderPlan(Plan):
         })
 
 
+def prompt_positions(rollout: Rollout) -> list[int]:
+    """Each prompt's global data position (``rollout.tags["data_position"]``, set by the loop).
+
+    Per-prompt random draws are seeded by it, never by the prompt's index within one process, so a
+    run draws the same whatever the number of processes (spec section 10). A rollout built without
+    it (a unit test) counts its prompts from 0, as one process would.
+    """
+    if "data_position" not in rollout.tags:
+        return list(range(len(rollout.samples)))
+    positions = [0] * len(rollout.samples)
+    for p, q in zip(rollout.prompt_index.tolist(), rollout.tags["data_position"].tolist()):
+        positions[int(p)] = int(q)
+    return positions
+
+
 class BranchSchedule:
     """DUPL's branch probability ``p_noi(s)`` and its seeded Bernoulli draws (pure functions of the step).
 
     ``kind="linear"``: ``p_noi(s) = max(0, 1 - s / S)`` (the paper); ``kind="constant"``: ``value``
-    (the fixed-0.5 ablation). Draws come from ``numpy`` seeded by ``(seed, step)``.
+    (the fixed-0.5 ablation). Draws come from ``numpy`` seeded by ``(seed, step)``, and per-prompt
+    draws (:meth:`draw_for_prompts`) also by the prompt's global data position.
     """
 
     def __init__(self, kind: str, total_steps: int, value: float, seed: int):
@@ -125,13 +142,21 @@ class BranchSchedule:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, step, 0xD0]))
         return rng.random(shape) < self.p(step)
 
+    def draw_for_prompts(self, step: int, positions: list[int], n: int) -> np.ndarray:
+        """``[len(positions), n]`` draws: row ``i`` from a generator seeded by ``(seed, step, positions[i])``."""
+        p = self.p(step)
+        rows = [np.random.default_rng(np.random.SeedSequence([self.seed, step, 0xD0, q])).random(n) < p
+                for q in positions]
+        return np.stack(rows) if rows else np.zeros((0, n), dtype=bool)
+
 
 class DuplPaperPlan(Plan):
     """DUPL paper (Algorithm 1): G rollouts from ``x`` and G from ``x' = T(x)``, normalised apart.
 
     ``x'`` is drawn once per prompt (seeded per prompt and step) and shared by its G rollouts.
     For each pair ``i`` a Bernoulli(``p_noi(s)``) draw picks the noisy sample ``(x', o'_i)``
-    (updated on ``x'``) or the clean one ``(x, o_i)``; the other is not trained on. Rows carry
+    (updated on ``x'``) or the clean one ``(x, o_i)``; the other is not trained on. The draws of a
+    prompt are seeded by its global data position (:func:`prompt_positions`). Rows carry
     ``tags["noisy_branch"]``. Logged: ``dupl/p_noi`` and ``dupl/noisy_fraction``.
     """
 
@@ -147,8 +172,7 @@ class DuplPaperPlan(Plan):
         ]
 
     def prepare(self, rollout: Rollout, step: int) -> None:
-        n_prompts = len(rollout.samples)
-        pick_noisy = torch.from_numpy(self.branch.draw(step, (n_prompts, self.n)))
+        pick_noisy = torch.from_numpy(self.branch.draw_for_prompts(step, prompt_positions(rollout), self.n))
         is_noisy = rollout.tags["noisy"].bool()
         pair = rollout.slot - self.n * is_noisy.long()  # clean rows are slots 0..G-1, noisy G..2G-1
         chosen = pick_noisy[rollout.prompt_index, pair]
@@ -160,7 +184,8 @@ class DuplPaperPlan(Plan):
 class DuplReleasedPlan(Plan):
     """DUPL as released (ruiiu/DUPL): G rollouts from ``x`` only, always updated on ``x``.
 
-    One Bernoulli(``p_noi(s)``) draw per step picks the branch. When it picks the noisy one, the
+    One Bernoulli(``p_noi(s)``) draw per step picks the branch, seeded by the step alone, so it is
+    the same on every process (their code draws once per data-parallel rank). When it picks the noisy one, the
     completions are re-scored under ``T(x)`` (teacher-forced, no gradient); otherwise no extra
     forward runs at all (nothing would read it). ``T(x)`` is drawn once per prompt and step, like
     every view here, so the re-scoring shares each prompt's forward among its G rows;

@@ -13,7 +13,8 @@ The loop asks the recipe six questions each step: which views generate completio
 (``gen_specs``), which extra views are scored (``scoring_views``), how prompts are sampled
 and filtered (``sample``), which extra forwards run before the update (``precompute``), what
 the advantages are (``advantages``) and which loss terms make the update (``update_settings``).
-Every answer is a function of the optimizer step, so a resumed run makes the same choices.
+Every answer is a function of the rollout step (counted from 1 as the released trainers count
+``global_step``), so a resumed run makes the same choices.
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def build_plan(config: Config) -> Plan:
     return CleanPlan(r.n)
 
 
-def build_recipe(config: Config) -> Recipe:
-    """Assemble the pieces the config asks for."""
+def build_recipe(config: Config, world_size: int = 1) -> Recipe:
+    """Assemble the pieces the config asks for (``world_size``: processes sharing each step's prompts)."""
     a, p, f, d = config.algorithm, config.papo, config.filters, config.dupl
     plan = build_plan(config)
 
@@ -149,7 +150,8 @@ def build_recipe(config: Config) -> Recipe:
 
     sampler = single_round
     if f.dynamic_sampling:
-        sampler = DynamicSampling(f.accuracy_low, f.accuracy_high, f.max_tries, f.round_prompts)
+        # round_prompts counts all processes, like data.rollout_batch_size: each generates its share
+        sampler = DynamicSampling(f.accuracy_low, f.accuracy_high, f.max_tries, f.round_prompts // world_size)
     preparers = []
     if f.overlong_penalty:
         max_len = config.rollout.max_new_tokens

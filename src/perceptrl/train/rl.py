@@ -27,13 +27,20 @@ from perceptrl.models.engines import build_engine
 from perceptrl.models.loading import check_model, load_policy
 from perceptrl.models.lora import prepare_for_training, reference_policy, save_final_model
 from perceptrl.rewards import RewardFunction, get_template
-from perceptrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from perceptrl.train.checkpoint import crash_point, latest_checkpoint, load_checkpoint, save_checkpoint
 from perceptrl.train.distributed import Distributed
 from perceptrl.train.logging import MetricsLogger, progress
 from perceptrl.train.recipe import build_recipe
 from perceptrl.train.rollout import collect_rollout, score_rollout
 from perceptrl.train.run_dir import RunDir
-from perceptrl.train.update import run_update, score_no_grad
+from perceptrl.train.update import (
+    combine_step_metrics,
+    minibatch_rows,
+    run_update,
+    score_no_grad,
+    score_old_policy,
+    update_minibatches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +110,7 @@ def _train(config: Config, policy, dist: Distributed, source, model_cfg, run: Ru
     engine = build_engine(r_cfg.engine, policy, config.model)  # hf: the policy itself
     template = get_template(config.data.template)
     reward_fn = RewardFunction(config.data.template, config.reward.accuracy_weight, config.reward.format_weight)
-    recipe = build_recipe(config)
+    recipe = build_recipe(config, dist.world_size)
     optimizer = make_optimizer(policy.model, t_cfg)
     scheduler = make_scheduler(optimizer, t_cfg)
     policy.model, optimizer = dist.prepare(policy.model, optimizer)  # DDP / FSDP / DeepSpeed wrapper, or as is
@@ -135,81 +142,97 @@ def _train(config: Config, policy, dist: Distributed, source, model_cfg, run: Ru
     history: list[dict] = []
     bar = progress(t_cfg.max_steps, f"train {config.recipe}", t_cfg.progress and dist.is_main, initial=start_step)
     for step in range(start_step, t_cfg.max_steps):
+        rollout_step = step + 1  # what schedules and plans read: counted from 1 as released (spec section 10)
         t0 = time.perf_counter()
         step_timer.reset()
         torch.manual_seed(step_seed(t_cfg.seed, step))
+        layout = MiniBatchLayout.of(config, dist)
 
         # 1. Rollout: generate G completions per prompt from the views the recipe asks for.
         # Rollout-side forwards run on full weights (sharded backends gather them; all processes enter).
         with dist.full_weights(policy):
             engine.sync_weights()  # vllm: copy the current weights in (hf generates with the policy itself)
-            first = 0  # global data position of the first prompt this process is rolling out
+            positions: list[int] = []  # global data positions of the prompts this process is rolling out
 
-            def next_prompts(n: int) -> list:  # this process's slice of the next n * world_size prompts
-                nonlocal data_position, first
-                first = data_position + dist.rank * n
+            def next_prompts(n: int) -> list:  # this process's share of the next n * world_size prompts
+                nonlocal data_position, positions
+                positions = dist.prompt_positions(data_position, n, layout.block(n))
                 with timed("data"):
-                    batch = [source.train_sample(first + i) for i in range(n)]
+                    batch = [source.train_sample(q) for q in positions]
                 data_position += n * dist.world_size
                 return batch
 
             def rollout_once(samples):
                 rollout = collect_rollout(
-                    policy, samples, recipe.gen_specs(step), template, r_cfg.max_new_tokens,
+                    policy, samples, recipe.gen_specs(rollout_step), template, r_cfg.max_new_tokens,
                     r_cfg.temperature, r_cfg.top_p,
-                    seed_of=lambda p, name, first=first: step_seed(t_cfg.seed, step, first + p, hash_name(name)),
-                    scoring_views=recipe.scoring_views(step),
+                    seed_of=lambda p, name, pos=positions: step_seed(t_cfg.seed, step, pos[p], hash_name(name)),
+                    scoring_views=recipe.scoring_views(rollout_step),
                     row_seeds=r_cfg.batch_invariant, engine=engine,
                 )
+                rollout.tags["data_position"] = torch.tensor(positions, dtype=torch.long)[rollout.prompt_index]
                 with timed("reward"):
                     score_rollout(rollout, reward_fn)  # 2. Score: verifiable reward per completion.
                 return rollout
 
-            rollout = recipe.sample(next_prompts, rollout_once, config.data.rollout_batch_size // dist.world_size, step)
+            n_local = config.data.rollout_batch_size // dist.world_size
+            rollout = recipe.sample(next_prompts, rollout_once, n_local, rollout_step)
             data_position = dist.all_reduce_max(data_position)  # DAPO's rounds may differ between processes
             t_gen = time.perf_counter()
 
-            # 3. Extra forwards without gradient: reference, old policy, extra views.
+            # 3. Extra forwards without gradient: reference, extra views.
             if reference is not None:
                 with timed("scoring/reference"):
                     rollout.extra["ref_logprobs"] = score_no_grad(
                         reference, rollout, rollout.update_rows, t_cfg.micro_batch_size, r_cfg.temperature
                     )["logprobs"]
-            if t_cfg.ppo_epochs > 1:
-                with timed("scoring/old"):
-                    rollout.extra["old_logprobs"] = score_no_grad(
-                        policy, rollout, rollout.update_rows, t_cfg.micro_batch_size, r_cfg.temperature
-                    )["logprobs"]
             with timed("scoring/extra_views"):
-                recipe.precompute(policy, rollout, step)
+                recipe.precompute(policy, rollout, rollout_step)
+
+            # 4. Advantage.
+            rollout.advantages = recipe.advantages(rollout, rollout_step)
+            fault = next((f for f in dist.gather_objects(nonfinite_input(rollout)) if f), None)  # any process's
+
+            # 5a. Several optimizer steps follow: lp_old (and DUPL's shaping) under the rollout policy, once.
+            settings = recipe.update_settings(rollout_step)
+            minibatches = minibatch_rows(rollout, layout.prompts_per_minibatch, layout.minibatches)
+            metrics: dict = {}
+            if fault is None and layout.optimizer_steps > 1:
+                with timed("scoring/old"):
+                    metrics.update(score_old_policy(policy, rollout, settings, minibatches, dist))
         t_score = time.perf_counter()
 
-        # 4. Advantage.
-        rollout.advantages = recipe.advantages(rollout, step)
-
-        # 5. Update (skipped, and counted, when anything is not finite).
-        metrics: dict = {}
-        fault = next((f for f in dist.gather_objects(nonfinite_input(rollout)) if f), None)  # any process's
+        # 5b. Update: one optimizer step per mini-batch, ppo_epochs times over (skipped, and counted,
+        # when anything is not finite).
+        skipped = layout.optimizer_steps  # a non-finite reward or advantage skips every optimizer step
         if fault is None:
-            for _ in range(t_cfg.ppo_epochs):
-                metrics = run_update(policy, optimizer, rollout, recipe.update_settings(step), dist)
-                if metrics.get("skipped_nonfinite_grad"):
-                    fault = "gradient or loss"
-                    break
+            steps = update_minibatches(
+                policy, optimizer, scheduler, rollout, settings, dist, minibatches, t_cfg.ppo_epochs,
+                update=run_update, after_step=lambda k: crash_point("minibatch", rollout_step),
+            )
+            metrics.update(combine_step_metrics(steps))
+            metrics["update/rows"] = float(len(rollout.update_indices()))
+            skipped = int(metrics["update/skipped_minibatches"])
+            if skipped:
+                fault = "gradient or loss"
         if fault is None:
-            scheduler.step()
             bad_steps = 0
         else:
             bad_steps += 1
-            skipped_steps += 1
+            skipped_steps += skipped
             metrics["skipped_step"] = 1.0
-            log.warning("step %d skipped: non-finite %s (%d in a row)", step + 1, fault, bad_steps)
+            if skipped == layout.optimizer_steps:
+                log.warning("step %d skipped: non-finite %s (%d in a row)", rollout_step, fault, bad_steps)
+            else:
+                log.warning("step %d: %d of %d optimizer steps skipped: non-finite %s (%d in a row)",
+                            rollout_step, skipped, layout.optimizer_steps, fault, bad_steps)
             if bad_steps >= t_cfg.max_bad_steps:
-                logger.log(step + 1, {"skipped_step": 1.0, "bad_steps": bad_steps, "skipped_steps": skipped_steps})
+                logger.log(rollout_step, {"skipped_step": 1.0, "bad_steps": bad_steps,
+                                          "skipped_steps": skipped_steps})
                 logger.close()
                 last_good = latest_checkpoint(out_dir)
                 raise TrainingDiverged(
-                    f"{bad_steps} consecutive steps had a non-finite {fault} (last at step {step + 1}, "
+                    f"{bad_steps} consecutive steps had a non-finite {fault} (last at step {rollout_step}, "
                     f"train.max_bad_steps = {t_cfg.max_bad_steps}); stopping. Last good checkpoint: "
                     f"{last_good if last_good else f'none in {out_dir} (set train.save_steps)'}"
                 )
@@ -253,6 +276,31 @@ def _train(config: Config, policy, dist: Distributed, source, model_cfg, run: Ru
     run.finish(before, after, t_cfg.max_steps)  # run.json: finished; final/README.md: the model card
     dist.barrier()
     return TrainResult(out_dir, before, after, history, dist.is_main, dist.describe())
+
+
+@dataclass(frozen=True)
+class MiniBatchLayout:
+    """How a rollout step's prompts split into PPO mini-batches on this process (EasyR1 semantics).
+
+    ``data.rollout_batch_size`` prompts per rollout step, ``train.global_batch_size`` per optimizer
+    step (null: all of them), both counted over all processes; ``train.ppo_epochs`` passes.
+    """
+
+    prompts_per_minibatch: int  # this process's share of train.global_batch_size
+    minibatches: int  # optimizer steps per epoch
+    optimizer_steps: int  # per rollout step: minibatches * ppo_epochs
+
+    @classmethod
+    def of(cls, config: Config, dist: Distributed) -> MiniBatchLayout:
+        rollout_prompts = config.data.rollout_batch_size
+        global_batch = config.train.global_batch_size or rollout_prompts
+        minibatches = rollout_prompts // global_batch
+        return cls(global_batch // dist.world_size, minibatches, minibatches * config.train.ppo_epochs)
+
+    def block(self, n: int) -> int:
+        """This process's contiguous share of each block of ``n`` new prompts: a mini-batch's share when
+        ``n`` is made of whole mini-batches (the step's prompts), else all ``n`` (a dynamic-sampling round)."""
+        return self.prompts_per_minibatch if n % self.prompts_per_minibatch == 0 else n
 
 
 class NullLogger:

@@ -28,12 +28,26 @@ from perceptrl.vision.views import make_view
 
 
 def surrogate_term(eps_low: float, eps_high: float, dual_clip_c: float | None) -> LossTerm:
-    """PPO clipped surrogate (spec section 1), aggregated with the update's mode."""
+    """PPO clipped surrogate (spec section 1), aggregated with the update's mode.
+
+    Stats (per optimizer step, over the mini-batch's tokens on every process): ``clip_frac_low``,
+    ``clip_frac_high``, ``dual_clip_frac``, ``ratio_mean``, ``ppo_kl`` (mean of ``lp_old - lp``, verl's
+    name) as (sum, token count) pairs, so that they are exact token fractions, and ``ratio_max``.
+    """
 
     def term(mb: MicroBatch):
-        per_token, stats = clipped_surrogate(
+        per_token, s = clipped_surrogate(
             mb.logprobs, mb.old_logprobs, mb.advantages, mb.mask, eps_low, eps_high, dual_clip_c
         )
+        tokens = s["token_count"]
+        stats = {
+            "clip_frac_low": (s["clip_low_count"], tokens),
+            "clip_frac_high": (s["clip_high_count"], tokens),
+            "dual_clip_frac": (s["dual_clip_count"], tokens),
+            "ratio_mean": (s["ratio_sum"], tokens),
+            "ppo_kl": (s["ppo_kl_sum"], tokens),
+            "ratio_max": s["ratio_max"],
+        }
         return mb.agg(per_token), stats
 
     return term
@@ -53,8 +67,11 @@ def reference_kl_term(beta: float, kind: str, bias_correction: bool = False, cla
 
 
 def entropy_bonus_term(coef: float, chunk: int = 64) -> LossTerm:
-    """Subtract ``coef`` times the full-vocabulary entropy (keeps exploring).
+    """Subtract ``coef * token_mean(H)``, the full-vocabulary entropy (keeps exploring).
 
+    Always ``token_mean`` over the mini-batch, whatever the surrogate's aggregation, as released:
+    NoisyRollout's ``dp_actor.py`` subtracts ``entropy_coeff * masked_mean(entropy, response_mask)``
+    (``entropy_coeff: 1.0e-3`` in its ``training_scripts/config.yaml``).
     The entropy is computed from the update's logits in activation-checkpointed chunks over T
     (``chunked_entropy``), so no float32 ``[b, T, V]`` block is kept for the backward pass.
     """
@@ -62,7 +79,7 @@ def entropy_bonus_term(coef: float, chunk: int = 64) -> LossTerm:
     def term(mb: MicroBatch):
         logits = mb.logits if mb.temperature == 1.0 else mb.logits / mb.temperature
         entropy = chunked_entropy(logits, chunk_size=chunk)
-        return -coef * mb.agg(entropy), {}
+        return -coef * mb.token_mean(entropy), {}
 
     term.needs_logits = True
     return term

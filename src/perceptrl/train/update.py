@@ -1,16 +1,28 @@
-"""The policy update: loss terms summed over micro-batches with global denominators.
+"""The policy update: PPO mini-batches, each one optimizer step, with global denominators.
+
+A rollout step's prompts are split, in order, into mini-batches of ``train.global_batch_size``
+prompts (whole prompts, so whole groups; :func:`minibatch_rows`), and :func:`update_minibatches`
+takes one optimizer step per mini-batch, ``train.ppo_epochs`` times over (EasyR1 / verl; spec
+section 1). :func:`run_update` is one such step: its loss terms are summed over micro-batches with
+the mini-batch's global denominators.
 
 Each loss term is a function ``term(mb) -> (scalar loss, stats)`` of a micro-batch; the terms
 themselves live in ``perceptrl.train.terms``. Only the rows the rollout marks for the update
 (``Rollout.update_mask``) are trained on; the denominators count those rows only.
 
-*Advantage shapers* (DUPL) turn per-sequence advantages into per-token ones from quantities of
-the update's own forward pass (entropy, log-probs): on the first pass over a rollout the policy
-is still the one that generated it, so this costs no extra forward. The shaped advantages are
-kept in ``rollout.extra["token_advantages"]`` and reused by later PPO epochs.
+``lp_old`` and advantage shaping. With one mini-batch and one epoch the policy that takes the
+optimizer step is the one that generated the rollout: ``lp_old = lp.detach()`` costs nothing, and
+*advantage shapers* (DUPL), which turn per-sequence advantages into per-token ones from quantities
+of the rollout policy (entropy, log-probs), run inside that same forward pass. With more than one
+optimizer step, mini-batch 2 on meets an updated policy: :func:`score_old_policy` then runs one
+no-grad forward per micro-batch before the first step, giving ``lp_old`` and everything the
+shapers need, under the rollout policy. The shaped advantages are kept in
+``rollout.extra["token_advantages"]`` and read by every optimizer step.
 
-A stat is either a scalar (averaged over micro-batches weighted by their share of tokens) or a
-``(numerator, denominator)`` pair (summed separately, then divided), for means over a subset.
+A stat is either a scalar (averaged over micro-batches weighted by their share of tokens), a
+``(numerator, denominator)`` pair (summed separately, then divided), for means over a subset, or,
+for keys ending in ``_max``, a maximum. Stats are merged over processes, so that every process
+holds the step's global values.
 """
 
 from __future__ import annotations
@@ -65,15 +77,19 @@ class UpdateSettings:
 
 
 class _Stats:
-    """Accumulate term stats over micro-batches (see the module docstring)."""
+    """Accumulate term stats over micro-batches (and processes; see the module docstring)."""
 
     def __init__(self) -> None:
         self.num: dict[str, float] = {}
         self.den: dict[str, float] = {}
+        self.max: dict[str, float] = {}
 
     def add(self, stats: dict, share: float) -> None:
         for key, stat in stats.items():
             if key.endswith("_count") or key.endswith("_sum"):
+                continue
+            if key.endswith("_max"):
+                self.max[key] = max(self.max.get(key, -math.inf), float(stat))
                 continue
             if isinstance(stat, tuple):
                 num, den = float(stat[0]), float(stat[1])
@@ -82,23 +98,54 @@ class _Stats:
             self.num[key] = self.num.get(key, 0.0) + num
             self.den[key] = self.den.get(key, 0.0) + den
 
-    def result(self) -> dict[str, float]:
-        return {k: self.num[k] / self.den[k] for k in self.num if self.den[k] > 0}
+    def result(self, dist: Distributed | None = None) -> dict[str, float]:
+        num, den, top = self.num, self.den, self.max
+        if dist is not None and dist.enabled:  # a process may lack a key (e.g. no noisy-branch row here)
+            num, den, top = {}, {}, {}
+            for n, d, m in dist.gather_objects((self.num, self.den, self.max)):
+                for key in n:
+                    num[key] = num.get(key, 0.0) + n[key]
+                    den[key] = den.get(key, 0.0) + d[key]
+                for key in m:
+                    top[key] = max(top.get(key, -math.inf), m[key])
+        out = {k: num[k] / den[k] for k in num if den[k] > 0}
+        out.update({k: v for k, v in top.items() if math.isfinite(v)})
+        return out
+
+
+def minibatch_rows(rollout: Rollout, prompts_per_minibatch: int, n_minibatches: int) -> list[torch.Tensor]:
+    """The rollout's rows cut, in prompt order, into ``n_minibatches`` mini-batches of whole prompts.
+
+    Mini-batch ``k`` holds the rows of prompts ``[k * m, (k + 1) * m)`` (``m = prompts_per_minibatch``,
+    this process's share of ``train.global_batch_size``): all of a prompt's completions, so all its
+    advantage groups, stay together. Their number is fixed by the config, not by the rollout, so
+    every process takes the same optimizer steps; a mini-batch may be empty on a process that has
+    fewer prompts (DAPO's dynamic sampling short of prompts): it then runs zero-weight micro-batches.
+    """
+    prompt = rollout.prompt_index
+    return [((prompt >= k * prompts_per_minibatch) & (prompt < (k + 1) * prompts_per_minibatch)).nonzero().flatten()
+            for k in range(n_minibatches)]
+
+
+def _update_rows_of(rollout: Rollout, rows: torch.Tensor | None) -> torch.Tensor:
+    """The rows of a mini-batch (``rows``; None = the whole rollout) that make the update, in order."""
+    update_rows = rollout.update_indices()
+    return update_rows if rows is None else update_rows[torch.isin(update_rows, rows)]
 
 
 def run_update(policy: Policy, optimizer, rollout: Rollout, settings: UpdateSettings,
-               dist: Distributed | None = None) -> dict[str, float]:
-    """One optimizer step over the rollout's update rows, split into micro-batches.
+               dist: Distributed | None = None, rows: torch.Tensor | None = None) -> dict[str, float]:
+    """One optimizer step over the update rows of one mini-batch (``rows``; None = the whole rollout).
 
-    The gradient is that of the whole update batch: each micro-batch's loss is aggregated with
-    the batch's global token and sequence counts, and the micro-batch losses are summed. With
+    The gradient is that of the whole mini-batch: each micro-batch's loss is aggregated with the
+    mini-batch's global token and sequence counts, and the micro-batch losses are summed. With
     several processes (``dist``) the counts, the loss and the gradients are summed over processes
-    too (``perceptrl.train.distributed``): the update batch is the union of theirs.
+    too (``perceptrl.train.distributed``): the mini-batch is the union of theirs.
     """
     dist = dist or Distributed()
     comp = rollout.completions
     mask = comp.mask.float()
-    update_rows = rollout.update_indices()
+    update_rows = _update_rows_of(rollout, rows)
     update_mask = mask[update_rows]
     global_tokens = dist.all_reduce_sum(float(update_mask.sum()))
     global_seqs = dist.all_reduce_sum(float((update_mask.sum(-1) > 0).sum()))
@@ -111,6 +158,9 @@ def run_update(policy: Policy, optimizer, rollout: Rollout, settings: UpdateSett
 
     shaped = rollout.extra.get("token_advantages")
     shaping = bool(settings.shapers) and shaped is None
+    if shaping and rows is not None and len(update_rows) < len(rollout.update_indices()):
+        raise RuntimeError("advantage shapers run in the update only when one optimizer step takes the whole "
+                           "rollout; with several mini-batches call score_old_policy first")
     if shaping:
         shaped = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     advantages = shaped if shaped is not None and not shaping else rollout.advantages
@@ -127,15 +177,15 @@ def run_update(policy: Policy, optimizer, rollout: Rollout, settings: UpdateSett
             _idle_micro_batch(policy, rollout, dist)
             continue
         start = starts[k]
-        rows = update_rows[start : start + settings.micro_batch_size]
-        mb_mask = mask[rows]
+        micro = update_rows[start : start + settings.micro_batch_size]
+        mb_mask = mask[micro]
         with timed("update/forward"):
             scored = policy.score(
-                rollout.prompts, rollout.update_rows[rows], comp.ids[rows], comp.mask[rows],
+                rollout.prompts, rollout.update_rows[micro], comp.ids[micro], comp.mask[micro],
                 temperature=settings.temperature, with_entropy=settings.need_entropy, with_logits=settings.need_logits,
             )
         logprobs = scored["logprobs"]
-        old = rollout.extra["old_logprobs"][rows] if "old_logprobs" in rollout.extra else logprobs.detach()
+        old = rollout.extra["old_logprobs"][micro] if "old_logprobs" in rollout.extra else logprobs.detach()
 
         def agg(values, _m=mb_mask):
             return aggregate(values, _m, settings.loss_agg_mode, global_tokens, global_seqs, settings.max_len)
@@ -144,8 +194,8 @@ def run_update(policy: Policy, optimizer, rollout: Rollout, settings: UpdateSett
             return aggregate(values, _m, "token_mean", global_tokens, global_seqs, settings.max_len)
 
         mb = MicroBatch(
-            rows=rows, logprobs=logprobs, old_logprobs=old, advantages=advantages[rows], mask=mb_mask,
-            entropy=scored.get("entropy"), extra={k: v[rows] for k, v in rollout.extra.items()},
+            rows=micro, logprobs=logprobs, old_logprobs=old, advantages=advantages[micro], mask=mb_mask,
+            entropy=scored.get("entropy"), extra={k: v[micro] for k, v in rollout.extra.items()},
             agg=agg, token_mean=token_mean, policy=policy, rollout=rollout,
             temperature=settings.temperature, logits=scored.get("logits"),
         )
@@ -154,7 +204,7 @@ def run_update(policy: Policy, optimizer, rollout: Rollout, settings: UpdateSett
             for shaper in settings.shapers:
                 mb.advantages, shaper_stats = shaper(mb)
                 stats.add(shaper_stats, share)
-            shaped[rows] = mb.advantages.detach().float()
+            shaped[micro] = mb.advantages.detach().float()
         loss = torch.zeros((), device=logprobs.device)
         for term in settings.terms:
             value, term_stats = term(mb)
@@ -179,10 +229,127 @@ def run_update(policy: Policy, optimizer, rollout: Rollout, settings: UpdateSett
         else:
             metrics["skipped_nonfinite_grad"] = 1.0
         optimizer.zero_grad(set_to_none=True)
-    metrics.update(stats.result())
+    metrics.update(stats.result(dist))
     if settings.need_entropy:
         metrics["entropy"] = entropy_sum / global_tokens
     return metrics
+
+
+@torch.no_grad()
+def score_old_policy(policy: Policy, rollout: Rollout, settings: UpdateSettings, minibatches: list[torch.Tensor],
+                     dist: Distributed | None = None) -> dict[str, float]:
+    """``lp_old`` (and shaped advantages) under the rollout policy, before the first optimizer step.
+
+    Run when more than one optimizer step follows. Each mini-batch is cut into the same
+    micro-batches as in :func:`run_update`, so the first step's ``lp`` equals ``lp_old`` exactly
+    (ratio 1). Fills ``rollout.extra["old_logprobs"]`` and, when the recipe has advantage shapers,
+    ``rollout.extra["token_advantages"]`` from this forward pass (DUPL's shaper, unchanged: it reads
+    ``mb.entropy``, ``mb.logits`` and ``mb.old_logprobs`` of the rollout policy). Returns the
+    shapers' stats, merged over processes.
+    """
+    comp = rollout.completions
+    mask = comp.mask.float()
+    shaping = bool(settings.shapers) and "token_advantages" not in rollout.extra
+    need_logits = shaping and any(getattr(s, "needs_logits", False) for s in settings.shapers)
+    need_entropy = shaping and settings.need_entropy
+    old = torch.zeros(comp.ids.shape, dtype=torch.float32, device=comp.ids.device)
+    shaped = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device) if shaping else None
+    total_tokens = float(mask[rollout.update_indices()].sum())
+    stats = _Stats()
+    was_training = policy.model.training
+    policy.model.eval()
+    for mb_rows in minibatches:
+        update_rows = _update_rows_of(rollout, mb_rows)
+        for start in range(0, len(update_rows), settings.micro_batch_size):
+            rows = update_rows[start : start + settings.micro_batch_size]
+            scored = policy.score(
+                rollout.prompts, rollout.update_rows[rows], comp.ids[rows], comp.mask[rows],
+                temperature=settings.temperature, with_entropy=need_entropy, with_logits=need_logits,
+            )
+            lp = scored["logprobs"]
+            if old.dtype != lp.dtype or old.device != lp.device:
+                old = old.to(device=lp.device, dtype=lp.dtype)
+            old[rows] = lp
+            if not shaping:
+                continue
+            mb = MicroBatch(
+                rows=rows, logprobs=lp, old_logprobs=lp, advantages=rollout.advantages[rows], mask=mask[rows],
+                entropy=scored.get("entropy"), extra={k: v[rows] for k, v in rollout.extra.items()},
+                agg=_no_loss, token_mean=_no_loss, policy=policy, rollout=rollout,
+                temperature=settings.temperature, logits=scored.get("logits"),
+            )
+            share = float(mask[rows].sum()) / max(total_tokens, 1.0)
+            for shaper in settings.shapers:
+                mb.advantages, shaper_stats = shaper(mb)
+                stats.add(shaper_stats, share)
+            shaped[rows] = mb.advantages.detach().float()
+            del mb, scored
+    policy.model.train(was_training)
+    rollout.extra["old_logprobs"] = old
+    if shaping:
+        rollout.extra["token_advantages"] = shaped
+    return stats.result(dist)
+
+
+def _no_loss(values: torch.Tensor) -> torch.Tensor:
+    raise RuntimeError("no loss is aggregated in the no-grad pass before the update")
+
+
+def update_minibatches(policy: Policy, optimizer, scheduler, rollout: Rollout, settings: UpdateSettings,
+                       dist: Distributed | None, minibatches: list[torch.Tensor], epochs: int = 1,
+                       update: Callable | None = None, after_step: Callable[[int], None] | None = None,
+                       ) -> list[dict[str, float]]:
+    """Take one optimizer step per mini-batch, ``epochs`` times over; returns each step's metrics.
+
+    A step whose loss or gradient is not finite is skipped (``skipped_nonfinite_grad``: parameters
+    and optimizer state untouched, the LR schedule does not advance) and the next mini-batch still
+    runs: its gradient comes from other data. The LR schedule (``scheduler``, may be None) advances
+    once per optimizer step taken. ``update``: the step function (default :func:`run_update`);
+    ``after_step(k)`` runs after step ``k`` (1-based) when more steps follow.
+    """
+    update = update or run_update
+    total = len(minibatches) * epochs
+    steps: list[dict[str, float]] = []
+    for _ in range(epochs):
+        for rows in minibatches:
+            metrics = update(policy, optimizer, rollout, settings, dist, rows=rows)
+            if not metrics.get("skipped_nonfinite_grad") and scheduler is not None:
+                scheduler.step()
+            steps.append(metrics)
+            if after_step is not None and len(steps) < total:
+                after_step(len(steps))
+    return steps
+
+
+#: Stats logged for the first optimizer step of a rollout step and, apart, for the later ones: from the
+#: second mini-batch on the policy has moved, and clipping acts (the first has ratio 1 by construction).
+FIRST_VS_LATER = ("clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_mean", "ppo_kl")
+
+
+def combine_step_metrics(steps: list[dict[str, float]]) -> dict[str, float]:
+    """One rollout step's update metrics from its optimizer steps' (averaged; ``*_max`` the maximum).
+
+    With several steps, also ``<stat>/first_mb`` (the first optimizer step) and ``<stat>/later_mbs``
+    (the mean of the others) for :data:`FIRST_VS_LATER`; ``update/optimizer_steps`` counts the steps
+    taken and ``update/skipped_minibatches`` the skipped ones.
+    """
+    out: dict[str, float] = {}
+    keys = list(dict.fromkeys(k for m in steps for k in m))
+    for key in keys:
+        values = [m[key] for m in steps if key in m]
+        if key == "skipped_nonfinite_grad":
+            continue
+        out[key] = max(values) if key.endswith("_max") or key.endswith("/max") else sum(values) / len(values)
+    skipped = sum(1 for m in steps if m.get("skipped_nonfinite_grad"))
+    out["update/optimizer_steps"] = float(len(steps) - skipped)
+    out["update/skipped_minibatches"] = float(skipped)
+    if len(steps) > 1:
+        for key in FIRST_VS_LATER:
+            later = [m[key] for m in steps[1:] if key in m]
+            if key in steps[0] and later:
+                out[f"{key}/first_mb"] = steps[0][key]
+                out[f"{key}/later_mbs"] = sum(later) / len(later)
+    return out
 
 
 def _idle_micro_batch(policy: Policy, rollout: Rollout, dist: Distributed) -> None:
