@@ -197,7 +197,9 @@ class TrainConfig:
     save_final: bool = True
     save_steps: int = 0  # write a checkpoint every N rollout steps (0 = never)
     save_total_limit: int = 2  # keep only the newest N checkpoints
-    resume: str = "auto"  # auto (newest complete checkpoint in output_dir, if any) | none | a checkpoint path
+    resume: str = "auto"  # auto (newest checkpoint of this same run) | none | force (even if the config differs) | a checkpoint path
+    overwrite: bool = False  # replace a finished or different run already in output_dir (else it is refused)
+    report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])  # + wandb (pip install 'perceptrl[wandb]')
     max_bad_steps: int = 3  # stop after this many rollout steps in a row with a non-finite loss, reward or gradient
     progress: bool = True
     deterministic: bool = False
@@ -525,16 +527,18 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config):
-    """Build a config from an optional YAML file (and its ``base:`` chain) and ``key.path=value`` overrides."""
+    """Build a config from an optional YAML file (and its ``base:`` chain) and ``key.path=value`` overrides.
+    An error in a file names the file (``read_recipe``); one in an override names the override."""
     raw: dict = read_recipe(path, cls).raw if path else {}
     for text in overrides or []:
         key, value = parse_override(text)
         key = KEY_ALIASES.get(key, key)
         _set_dotted(raw, key, value)
-    try:
-        config = _build(cls, raw)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+        try:
+            _build(cls, raw)
+        except ConfigError as err:
+            raise ConfigError(f"override '{text}': {err}") from None
+    config = _build(cls, raw)
     validate(config)
     return config
 
