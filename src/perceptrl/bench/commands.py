@@ -6,6 +6,7 @@ Examples::
     perceptrl bench --sections recipes --recipes grpo papo_g dupl --sizes tiny medium
     perceptrl bench --sections scaling --sizes tiny medium --repeats 2
     perceptrl bench --sections speedups --sizes tiny medium
+    perceptrl bench --sections recipes --recipes grpo --sizes tiny medium --engine vllm   # in .venv-vllm
 
 Writes ``<output-dir>/bench.json``, ``bench.png`` (CPU seconds) and ``bench.md`` (tables).
 """
@@ -18,6 +19,9 @@ import time
 from pathlib import Path
 
 SECTIONS = ("recipes", "scaling", "speedups")
+# What --quick sets, for the options not given on the command line (an option given wins).
+QUICK = {"sizes": ["tiny"], "prompts": 2, "completions": 4, "tokens": 16, "steps": 2, "warmup": 1, "repeats": 1,
+         "scaling_prompts": 2}
 
 
 def register(subparsers) -> None:
@@ -43,11 +47,52 @@ def register(subparsers) -> None:
     p.add_argument("--isolate", action="store_true", help="run every case in its own process")
     p.add_argument("--real-rewards", action="store_true",
                    help="use the verifier's rewards as they are (an untrained model is never right)")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                   help="rollout engine of every case (vllm: run in the vLLM environment, scripts/install_vllm_env.sh)")
     p.add_argument("--output-dir", default="runs/bench")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model, small batches, under a minute")
     p.add_argument("--report-from", nargs="+", default=None, metavar="RAW_JSONL",
                    help="run nothing: summarise the raw.jsonl file(s) of earlier (possibly interrupted) runs")
     p.set_defaults(func=cmd_bench)
+    for action in p._actions:  # unset options read None, so that --quick can tell them from given ones
+        if action.dest in QUICK:
+            action.help = (action.help or "") + f" (default {action.default}; --quick: {QUICK[action.dest]})"
+            _NORMAL[action.dest], action.default = action.default, None
+
+
+_NORMAL: dict = {}
+
+
+def _fill_defaults(args) -> None:
+    """Options not given: --quick's value under --quick, else the normal default."""
+    for name, normal in _NORMAL.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, QUICK[name] if args.quick else normal)
+
+
+def check_bench_options(args) -> None:
+    """Recipes, sizes, variants and counts that would fail mid-run: refused before anything runs."""
+    from perceptrl.bench.models import MODEL_SIZES
+    from perceptrl.bench.suite import SPEEDUP_VARIANTS, recipe_sources
+    from perceptrl.config import ConfigError
+
+    def unknown(option: str, given, known) -> None:
+        bad = [name for name in given or [] if name not in known]
+        if bad:
+            raise ConfigError(f"{option}: unknown {', '.join(bad)}; choose from {', '.join(known)}")
+
+    unknown("--recipes", args.recipes, list(recipe_sources()))
+    unknown("--recipe-sizes", args.recipe_sizes, list(recipe_sources()))
+    unknown("--sizes", args.sizes, list(MODEL_SIZES))
+    unknown("--speedup-variants", args.speedup_variants, list(SPEEDUP_VARIANTS))
+    for option, value, low in (("--prompts", args.prompts, 1), ("--completions", args.completions, 1),
+                               ("--tokens", args.tokens, 1), ("--image-size", args.image_size, 28),
+                               ("--scaling-prompts", args.scaling_prompts, 1), ("--repeats", args.repeats, 1),
+                               ("--threads", args.threads, 1), ("--warmup", args.warmup, 0)):
+        if value < low:
+            raise ConfigError(f"{option} {value}: must be >= {low}")
+    if args.steps <= args.warmup:
+        raise ConfigError(f"--steps {args.steps}: must be more than --warmup ({args.warmup}), or no step is measured")
 
 
 def cmd_bench(args) -> int:
@@ -73,9 +118,9 @@ def cmd_bench(args) -> int:
         }
         return _write(summarise(cases, results, meta), out_dir)
     scaling_axes = SCALING_AXES
+    _fill_defaults(args)
+    check_bench_options(args)
     if args.quick:
-        args.sizes, args.prompts, args.completions, args.tokens = ["tiny"], 2, 4, 16
-        args.steps, args.warmup, args.repeats, args.scaling_prompts = 2, 1, 1, 2
         if args.recipes is None:
             args.recipes = ["grpo"]
         scaling_axes = {
@@ -85,10 +130,10 @@ def cmd_bench(args) -> int:
         }
     base = Case(name="base", prompts=args.prompts, completions=args.completions, tokens=args.tokens,
                 image_size=args.image_size, steps=args.steps, warmup=args.warmup, threads=args.threads,
-                coin_flip_rewards=not args.real_rewards)
+                coin_flip_rewards=not args.real_rewards, engine=args.engine)
     scaling_base = Case(name="scaling", prompts=args.scaling_prompts, completions=8 if not args.quick else 4,
                         tokens=64 if not args.quick else 16, image_size=56, steps=args.steps, warmup=args.warmup,
-                        threads=args.threads, coin_flip_rewards=not args.real_rewards)
+                        threads=args.threads, coin_flip_rewards=not args.real_rewards, engine=args.engine)
     recipe_sizes = None
     if args.recipe_sizes:
         recipe_sizes = {size: args.recipe_sizes for size in args.sizes[1:]}
@@ -117,6 +162,7 @@ def cmd_bench(args) -> int:
         "threads": args.threads, "cpus": os.cpu_count(), "load_min": min(loads), "load_max": max(loads),
         "coin_flip_rewards": not args.real_rewards, "isolate": args.isolate,
         "total_seconds": time.perf_counter() - t0, "sections": sections,
+        "engine": args.engine,
     }
     return _write(summarise(cases, results, meta), out_dir)
 

@@ -51,6 +51,7 @@ class Case:
     coin_flip_rewards: bool = True
     overrides: list[str] = field(default_factory=list)
     tags: dict = field(default_factory=dict)  # free-form labels (section, axis, value)
+    engine: str = "hf"  # rollout.engine: hf | vllm (perceptrl.models.engines)
 
     def config_overrides(self, output_dir: str) -> list[str]:
         g = self.completions
@@ -61,6 +62,7 @@ class Case:
             f"rollout.n={g}", f"rollout.max_new_tokens={self.tokens}", f"data.image_size={self.image_size}",
             "data.val_per_family=1", "model.path=tiny",
         ]
+        out.append(f"rollout.engine={self.engine}")
         return out + list(self.overrides)
 
 

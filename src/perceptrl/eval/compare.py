@@ -392,7 +392,8 @@ def cmd_compare(args) -> int:
         return 2
     try:
         recipe_overrides = parse_recipe_overrides(args.set)
-        plan_runs(args.recipes, args.seeds, "-", args.overrides, recipe_overrides)  # fail before any work
+        for spec in plan_runs(args.recipes, args.seeds, "-", args.overrides, recipe_overrides):  # fail before any work
+            spec.config()  # the recipe exists and its config with the overrides is valid
     except ValueError as err:
         print(f"perceptrl compare: {err}", file=sys.stderr)
         return 2

@@ -163,8 +163,9 @@ def build_tiny(cfg: TinyConfig | None = None, seed: int = 0):
         model = Qwen2_5_VLForConditionalGeneration(config)
         # A tied head needs small embeddings, or the initial logits are huge and learning stalls.
         torch.nn.init.normal_(model.get_input_embeddings().weight, std=0.02)
-    model.generation_config.pad_token_id = config.pad_token_id
-    model.generation_config.eos_token_id = config.eos_token_id
+    # from text_config: transformers < 5.20 (vLLM's pin) keeps the special ids there only
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
     return model, build_processor(tokenizer, cfg)
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -19,24 +20,20 @@ import numpy as np
 import torch
 
 from perceptrl.bench.timer import step_timer, timed
-from perceptrl.config import Config, save_config
+from perceptrl.config import Config
 from perceptrl.data.sources import build_source
 from perceptrl.eval.evaluate import evaluate_greedy
 from perceptrl.models.engines import build_engine
-from perceptrl.models.loading import load_policy
+from perceptrl.models.loading import check_model, load_policy
 from perceptrl.models.lora import prepare_for_training, reference_policy, save_final_model
 from perceptrl.rewards import RewardFunction, get_template
-from perceptrl.train.checkpoint import (
-    clean_partial,
-    crash_point,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from perceptrl.train.checkpoint import crash_point, latest_checkpoint, load_checkpoint, save_checkpoint
 from perceptrl.train.distributed import Distributed
 from perceptrl.train.logging import MetricsLogger, progress
 from perceptrl.train.recipe import build_recipe
 from perceptrl.train.rollout import collect_rollout, score_rollout
+from perceptrl.train.rollout_correction import rollout_correction
+from perceptrl.train.run_dir import RunDir
 from perceptrl.train.update import (
     combine_step_metrics,
     minibatch_rows,
@@ -85,20 +82,33 @@ class TrainingDiverged(RuntimeError):
 
 def train(config: Config, policy=None) -> TrainResult:
     """Run RL training as ``config`` says; returns held-out accuracy before and after."""
-    t_cfg, r_cfg = config.train, config.rollout
     dist = Distributed.from_environment()  # several processes: each takes a slice of every step's prompts
     dist.check(config)  # rollout_batch_size divisible by the number of processes, ...
-    source = build_source(config.data, t_cfg.seed)  # validates data files before any slow work
-    out_dir = Path(t_cfg.output_dir)
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, out_dir / "config.yaml")
+    # Before any slow work: the output folder is usable, not in use, and this run may resume what it holds.
+    with RunDir.open(config, "train", dist) as run:
+        source = build_source(config.data, config.train.seed)  # validates data files
+        model_cfg = config.model if dist.device is None else dataclasses.replace(config.model, device=str(dist.device))
+        if policy is None:
+            check_model(model_cfg)  # device, model folder, weights
+        plan = run.claim()  # locks the folder (created if new); the same plan on every process
+        if plan.done is not None:  # finished before with this config: report it, redo nothing
+            if dist.is_main:
+                print(f"[perceptrl] {run.path} already holds this run, finished at step {plan.done.get('step')}: "
+                      "nothing to do (train.overwrite=true runs it again; a larger train.max_steps continues it)",
+                      file=sys.stderr, flush=True)
+            return TrainResult(run.path, plan.done.get("before") or {}, plan.done.get("after") or {}, [],
+                               dist.is_main, dist.describe())
+        return _train(config, policy, dist, source, model_cfg, run)
+
+
+def _train(config: Config, policy, dist: Distributed, source, model_cfg, run: RunDir) -> TrainResult:
+    t_cfg, r_cfg = config.train, config.rollout
+    out_dir = run.path
     setup_torch(config)
 
-    model_cfg = config.model if dist.device is None else dataclasses.replace(config.model, device=str(dist.device))
     policy = prepare_for_training(policy or load_policy(model_cfg, config.data.system_prompt), config.model)
     reference = reference_policy(policy) if config.algorithm.kl_beta > 0 else None  # LoRA: adapter off
-    engine = build_engine(r_cfg.engine, policy, config.model)  # hf: the policy itself
+    engine = build_engine(r_cfg.engine, policy, config.model, r_cfg, seed=t_cfg.seed)  # hf: the policy itself
     template = get_template(config.data.template)
     reward_fn = RewardFunction(config.data.template, config.reward.accuracy_weight, config.reward.format_weight)
     recipe = build_recipe(config, dist.world_size)
@@ -113,21 +123,19 @@ def train(config: Config, policy=None) -> TrainResult:
             dist.barrier()
         return result
 
-    # Resume from the newest complete checkpoint, or start fresh.
+    # Resume from the checkpoint the folder's plan names (perceptrl.train.run_dir), or start fresh.
     start_step, data_position, bad_steps, skipped_steps, before = 0, 0, 0, 0, None
-    checkpoint = dist.broadcast_object(find_resume_checkpoint(out_dir, t_cfg.resume) if dist.is_main else None)
+    checkpoint = run.plan.checkpoint
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, *dist.loading_views(policy.model, optimizer), scheduler)
         dist.restore_rng(checkpoint)  # each process its own random states
         start_step, data_position = state["step"], state["data_position"]
         bad_steps, before = state.get("bad_steps", 0), state.get("eval_before")
         skipped_steps = state.get("skipped_steps", 0)
-        if dist.is_main:
-            truncate_metrics(out_dir / "metrics.jsonl", start_step)
-        log.info("resumed from %s at step %d", checkpoint, start_step)
-    elif dist.is_main:  # a fresh start redoes everything: drop rows a killed earlier attempt logged
-        truncate_metrics(out_dir / "metrics.jsonl", -1)
-    logger = MetricsLogger(out_dir) if dist.is_main else NullLogger()
+    run.begin()  # says what it resumes; config.yaml and run.json; a replaced run's files removed
+    if dist.is_main:  # rows logged after the checkpoint are redone (a fresh start redoes everything)
+        truncate_metrics(out_dir / "metrics.jsonl", start_step if checkpoint is not None else -1)
+    logger = MetricsLogger(out_dir, report_to=t_cfg.report_to, run_config=config) if dist.is_main else NullLogger()
     if before is None:
         before = evaluate()
         logger.log(0, {f"eval/{k}": v for k, v in before.items()})
@@ -144,7 +152,8 @@ def train(config: Config, policy=None) -> TrainResult:
         # 1. Rollout: generate G completions per prompt from the views the recipe asks for.
         # Rollout-side forwards run on full weights (sharded backends gather them; all processes enter).
         with dist.full_weights(policy):
-            engine.sync_weights()  # vllm: copy the current weights in (hf generates with the policy itself)
+            with timed("weight_sync"):
+                engine.sync_weights()  # vllm: copy the current weights in (hf generates with the policy itself)
             positions: list[int] = []  # global data positions of the prompts this process is rolling out
 
             def next_prompts(n: int) -> list:  # this process's share of the next n * world_size prompts
@@ -170,6 +179,7 @@ def train(config: Config, policy=None) -> TrainResult:
 
             n_local = config.data.rollout_batch_size // dist.world_size
             rollout = recipe.sample(next_prompts, rollout_once, n_local, rollout_step)
+            engine.release()  # vllm: free its GPU memory for the update (sleep mode)
             data_position = dist.all_reduce_max(data_position)  # DAPO's rounds may differ between processes
             t_gen = time.perf_counter()
 
@@ -181,6 +191,9 @@ def train(config: Config, policy=None) -> TrainResult:
                     )["logprobs"]
             with timed("scoring/extra_views"):
                 recipe.precompute(policy, rollout, rollout_step)
+            with timed("scoring/mismatch"):  # engine vs training log-probs (vllm), rollout.tis_cap weights
+                rollout.stats.update(rollout_correction(policy, rollout, t_cfg.micro_batch_size, r_cfg.temperature,
+                                                        r_cfg.tis_cap))
 
             # 4. Advantage.
             rollout.advantages = recipe.advantages(rollout, rollout_step)
@@ -266,6 +279,7 @@ def train(config: Config, policy=None) -> TrainResult:
     final = dist.final_model(policy.model) if t_cfg.save_final else None  # FSDP / ZeRO-3: gathered to main
     if t_cfg.save_final and dist.is_main:  # atomic: tmp folder, fsync, rename (LoRA: merged + adapter/)
         save_final_model(final, policy.processor, out_dir)
+    run.finish(before, after, t_cfg.max_steps)  # run.json: finished; final/README.md: the model card
     dist.barrier()
     return TrainResult(out_dir, before, after, history, dist.is_main, dist.describe())
 
@@ -309,18 +323,6 @@ def make_scheduler(optimizer, train_cfg):
     """Linear warm-up, then constant: a pure function of the optimizer step (exact on resume)."""
     warmup = max(train_cfg.warmup_steps, 0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-
-
-def find_resume_checkpoint(out_dir: Path, resume: str) -> Path | None:
-    if resume == "none":
-        return None
-    clean_partial(out_dir)
-    if resume == "auto":
-        return latest_checkpoint(out_dir)
-    path = Path(resume)
-    if not (path / "state.json").is_file():
-        raise FileNotFoundError(f"train.resume: '{resume}' is not a complete checkpoint folder")
-    return path
 
 
 def truncate_metrics(path: Path, step: int) -> None:

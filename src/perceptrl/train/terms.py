@@ -43,6 +43,8 @@ def surrogate_term(eps_low: float, eps_high: float, dual_clip_c: float | None) -
         per_token, s = clipped_surrogate(
             mb.logprobs, mb.old_logprobs, mb.advantages, mb.mask, eps_low, eps_high, dual_clip_c
         )
+        if "tis_weight" in mb.extra:  # rollout.tis_cap: truncated IS weight (train.rollout_correction)
+            per_token = per_token * mb.extra["tis_weight"]
         tokens = s["token_count"]
         stats = {
             "clip_frac_low": (s["clip_low_count"], tokens),
