@@ -166,6 +166,8 @@ def sequence_surrogate_term(eps_low: float, eps_high: float, level: str = "mean"
     def term(mb: MicroBatch):
         per_token, s = sequence_clipped_surrogate(mb.logprobs, mb.old_logprobs, mb.advantages, mb.mask,
                                                   eps_low, eps_high, level)
+        if "tis_weight" in mb.extra:  # rollout.tis_cap, per token, as TRL weighs every loss type's tokens
+            per_token = per_token * mb.extra["tis_weight"]
         seqs = s["seq_count"]
         stats = {"clip_frac_low": (s["seq_clip_low_count"], seqs), "clip_frac_high": (s["seq_clip_high_count"], seqs),
                  "ratio_mean": (s["seq_ratio_sum"], seqs)}
@@ -182,6 +184,8 @@ def cispo_term(max_ratio: float = 5.0, min_ratio: float | None = None) -> LossTe
 
     def term(mb: MicroBatch):
         per_token, _ = cispo_loss(mb.logprobs, mb.old_logprobs, mb.advantages, max_ratio, min_ratio)
+        if "tis_weight" in mb.extra:  # rollout.tis_cap (train.rollout_correction)
+            per_token = per_token * mb.extra["tis_weight"]
         m = mb.mask.bool()
         ratio = importance_ratio(mb.logprobs.detach(), mb.old_logprobs).float()
         tokens = m.sum().float()
