@@ -19,7 +19,7 @@ from perceptrl.algorithms.advantages import dupl_shape, group_advantage, noisy_g
 from perceptrl.algorithms.losses import masked_sum
 from perceptrl.algorithms.policy_losses import rloo_advantage
 from perceptrl.algorithms.uncertainty import sampled_token_entropy, sym_kl_full, sym_kl_pointwise
-from perceptrl.bench.timer import timed
+from perceptrl.timing import timed
 from perceptrl.train.rollout import Rollout
 from perceptrl.train.update import MicroBatch
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceptrl.bench.timer import step_timer, timed
+from perceptrl.timing import step_timer, timed
 from perceptrl.config import Config
 from perceptrl.data.sources import build_source
-from perceptrl.eval.evaluate import evaluate_greedy
+from perceptrl.train.heldout import evaluate_greedy
 from perceptrl.models.engines import build_engine
 from perceptrl.models.loading import check_model, load_policy
 from perceptrl.models.lora import prepare_for_training, reference_policy, save_final_model
@@ -252,7 +252,7 @@ def _train(config: Config, policy, dist: Distributed, source, model_cfg, run: Ru
             "time/scoring": t_score - t_gen, "time/update": t_end - t_score,
             "lr": optimizer.param_groups[0]["lr"], "bad_steps": bad_steps, "skipped_steps": skipped_steps,
         })
-        metrics.update(step_timer.metrics())  # finer splits: perceptrl.bench.timer
+        metrics.update(step_timer.metrics())  # finer splits: perceptrl.timing
         metrics = dist.reduce_metrics(metrics)  # over processes (identity in one)
         if t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0 and step + 1 < t_cfg.max_steps:
             metrics.update({f"eval/{k}": v for k, v in evaluate().items()})

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from perceptrl.bench.timer import timed
+from perceptrl.timing import timed
 from perceptrl.data.types import Sample
 from perceptrl.models.policy import Completions, EncodedPrompts, Policy
 

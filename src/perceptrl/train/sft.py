@@ -17,7 +17,7 @@ from perceptrl.algorithms.losses import aggregate
 from perceptrl.config import Config
 from perceptrl.data.sources import build_source
 from perceptrl.data.types import Sample
-from perceptrl.eval.evaluate import evaluate_greedy
+from perceptrl.train.heldout import evaluate_greedy
 from perceptrl.models.loading import check_model, load_policy
 from perceptrl.models.policy import Policy
 from perceptrl.rewards import RewardFunction, get_template

@@ -46,7 +46,7 @@ from perceptrl.algorithms.token_signals import (
     vepo_score,
     vppo_sequence_scale,
 )
-from perceptrl.bench.timer import timed
+from perceptrl.timing import timed
 from perceptrl.train.rollout import Rollout, ScoringView
 from perceptrl.train.update import MicroBatch, score_no_grad
 from perceptrl.vision.views import make_view
