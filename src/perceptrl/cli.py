@@ -41,12 +41,13 @@ def _split_config(args) -> tuple[str | None, list[str]]:
         overrides.insert(0, config)
         config = None
     if config is not None and not Path(config).exists() and Path(config).suffix not in (".yaml", ".yml"):
-        from perceptrl.demo import RECIPES, recipe_path
+        from perceptrl.config import recipe_path, recipes_dir
 
         try:
             config = str(recipe_path(config))
         except FileNotFoundError:
-            known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml"))) if RECIPES.is_dir() else "none found"
+            shipped = recipes_dir()
+            known = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml"))) if shipped.is_dir() else "none found"
             raise ConfigError(f"{config}: no such config file or recipe name (recipes: {known})") from None
     return config, overrides
 

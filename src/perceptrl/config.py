@@ -495,6 +495,14 @@ def recipes_dir() -> Path:
     return Path.cwd() / "recipes"
 
 
+def recipe_path(name: str) -> Path:
+    """The shipped recipe called ``name`` (``grpo`` -> ``recipes/grpo.yaml``)."""
+    path = recipes_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe '{name}' not found under {recipes_dir()}")
+    return path
+
+
 def _base_path(value: Any, including: Path) -> Path:
     """Where ``base: value`` of the file ``including`` points.
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from perceptrl.bench.runner import Case, run_case, run_case_subprocess
+from perceptrl.config import recipes_dir
 
 # Recipe variants without a YAML of their own: (base recipe, overrides).
 VIRTUAL_RECIPES: dict[str, tuple[str, list[str]]] = {
@@ -81,15 +82,6 @@ SCALING_AXES = {
     "completion_length": ("tokens", [16, 32, 64, 128]),
     "image_size": ("image_size", [56, 112, 168, 224]),
 }
-
-
-def recipes_dir() -> Path:
-    """``recipes/`` of the source checkout (the package is installed editable from it)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "recipes").is_dir() and (parent / "recipes" / "grpo.yaml").exists():
-            return parent / "recipes"
-    return Path.cwd() / "recipes"
 
 
 def recipe_sources(directory: Path | None = None) -> dict[str, tuple[Path, list[str]]]:

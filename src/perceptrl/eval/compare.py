@@ -85,7 +85,7 @@ def recipe_file(recipe: str) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"recipe file '{recipe}' not found")
         return path
-    from perceptrl.demo import recipe_path
+    from perceptrl.config import recipe_path
 
     return recipe_path(recipe)
 
