@@ -37,7 +37,7 @@ test-vllm:
 
 # Regenerate the shipped warm start from scratch (deterministic given the recipe's seeds).
 warmstart: $(VENV)/.base
-	$(VENV)/bin/perceptrl sft recipes/warmstart.yaml train.output_dir=runs/warmstart train.resume=none
+	$(VENV)/bin/perceptrl sft recipes/warmstart.yaml train.output_dir=runs/warmstart train.overwrite=true
 	rm -rf $(WARMSTART) && mkdir -p $(WARMSTART)
 	cp runs/warmstart/final/* $(WARMSTART)/
 	cp runs/warmstart/summary.json $(WARMSTART)/sft_summary.json

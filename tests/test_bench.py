@@ -8,7 +8,7 @@ import json
 import pytest
 
 from perceptrl.bench.suite import PHASES, recipe_sources
-from perceptrl.bench.timer import StepTimer
+from perceptrl.timing import StepTimer
 from perceptrl.cli import main
 
 

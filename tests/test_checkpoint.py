@@ -52,5 +52,8 @@ def test_checkpoints_are_complete_and_bounded(tmp_path, tiny):
 
 
 def test_resume_path_must_be_a_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train.resume"):
+    from perceptrl.train.run_dir import RunDirError
+
+    with pytest.raises(RunDirError, match="train.resume"):
         run(tmp_path / "x", 1, [f"train.resume={tmp_path}"])
+    assert not (tmp_path / "x").exists()  # refused before the output folder was made

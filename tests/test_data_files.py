@@ -313,7 +313,7 @@ def test_bad_row_is_named_then_skipped(folder, name, monkeypatch, caplog):
     with pytest.raises(DataError) as info:
         FileSource(cfg(path, **overrides))
     message = str(info.value)
-    assert re.match(rf"{re.escape(str(path))}:{BAD_ROW}: {field}: ", message), message
+    assert re.match(rf"{re.escape(str(path))}: record {BAD_ROW} \(line {BAD_ROW + 1}\): {field}: ", message), message
     assert fragment in message, message
     assert info.value.reason == reason and info.value.row == BAD_ROW
     assert isinstance(info.value, ValueError)
@@ -324,7 +324,7 @@ def test_bad_row_is_named_then_skipped(folder, name, monkeypatch, caplog):
     assert source.train_report.skipped == {reason: 1} and source.train_report.rows == 5
     assert sorted(source.train_sample(i).id for i in range(4)) == ["r0", "r1", "r3", "r4"]
     summaries = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert len(summaries) == 1 and f"{reason}: 1" in summaries[0] and f"{path}:{BAD_ROW}" in summaries[0]
+    assert len(summaries) == 1 and f"{reason}: 1" in summaries[0] and f"{path}: record {BAD_ROW} (line {BAD_ROW + 1})" in summaries[0]
 
 
 def test_invalid_json_line(folder):
@@ -332,7 +332,7 @@ def test_invalid_json_line(folder):
     path = root / "broken.jsonl"
     good = json.dumps({"images": "images/a.png", "problem": "q", "answer": "1"})
     path.write_text(f"{good}\n{good}\n{{not json\n\n{good}\n[1, 2]\n")
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:2: invalid JSON"):
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: record 2 \(line 3\): invalid JSON"):
         load_samples(path, cfg(path))
     source = FileSource(cfg(path, on_bad_sample="skip"))
     assert len(source) == 3 and source.train_report.skipped == {"invalid_row": 2}
@@ -344,7 +344,7 @@ def test_corrupt_embedded_bytes_in_parquet(folder):
     path = root / "bytes.parquet"
     images = [[{"bytes": good, "path": "a.png"}], [{"bytes": good[:200], "path": "cut.png"}], [{"bytes": good, "path": None}]]
     pq.write_table(pa.table({"images": images, "problem": ["a", "b", "c"], "answer": ["1", "2", "3"]}), path)
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:1: images\[0\]: corrupt or truncated"):
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: record 1: images\[0\]: corrupt or truncated"):
         load_samples(path, cfg(path))
     samples = load_samples(path, cfg(path), on_bad_sample="skip")
     assert [s.id for s in samples] == ["bytes-0", "bytes-2"]
@@ -364,7 +364,7 @@ def test_skip_mode_counts_several_reasons_and_refuses_empty_result(folder, caplo
         source = FileSource(cfg(path, on_bad_sample="skip"))
     assert source.train_report.skipped == {"empty_answer": 2, "missing_image": 1, "outside_root": 1}
     (summary,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert "skipped 4 of 5 rows" in summary and f"{path}:2" in summary and f"{path}:3" in summary
+    assert "skipped 4 of 5 rows" in summary and f"{path}: record 2 (line 3)" in summary and f"{path}: record 3 (line 4)" in summary
     bad_only = write_rows(root / "bad.jsonl", rows[1:])
     with pytest.raises(DataError, match="no valid rows"):
         FileSource(cfg(bad_only, on_bad_sample="skip"))

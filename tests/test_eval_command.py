@@ -13,7 +13,7 @@ from perceptrl.cli import build_parser, main
 from perceptrl.config import ConfigError, DataConfig, load_config
 from perceptrl.data.synthetic import SyntheticTask
 from perceptrl.eval.commands import _reparse, resolve_config
-from perceptrl.eval.evaluate import evaluate_greedy, generate_completions
+from perceptrl.train.heldout import evaluate_greedy, generate_completions
 from perceptrl.eval.pipeline import default_output_dir, load_eval_samples
 from perceptrl.rewards import RewardFunction, get_template
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from perceptrl.data.synthetic import SyntheticTask
 from perceptrl.data.types import Sample
-from perceptrl.eval.evaluate import Generations
+from perceptrl.train.heldout import Generations
 from perceptrl.eval.report import render_markdown, to_json_safe, write_outputs
 from perceptrl.eval.runner import (
     EvalSettings,

@@ -30,6 +30,15 @@ PAIRS = {
     ("grpo", "dr_grpo"): (),
     ("noisy_rollout", "papo_noisy_rollout"): ("papo",),
     ("dupl", "vogue"): (),
+    # token-level perception-aware family and policy-gradient baselines (tests/test_token_recipes.py)
+    ("dapo", "vppo"): ("token_signal", "token_select", "token_scale"),
+    ("dapo", "pgpo"): ("token_signal", "token_scale"),
+    ("grpo", "tor"): ("token_signal", "token_select"),
+    ("grpo", "vepo"): ("token_signal", "token_select"),
+    ("grpo", "dvrp"): ("papo", "dvrp"),
+    ("grpo", "gspo"): ("policy_loss",),
+    ("grpo", "cispo"): ("policy_loss",),
+    ("grpo", "rloo"): ("policy_loss",),
 }
 IDENTITY = {"recipe", "train.output_dir"}  # names, not settings
 

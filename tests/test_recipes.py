@@ -41,6 +41,14 @@ SIGNALS = {
     "vogue": {"dupl/u_per", "dupl/u_out", "dupl/noisy_fraction", "dupl/p_noi"},
     "dupl_dapo": {"dupl/u_per", "dupl/u_out", "dupl/noisy_fraction", "dapo/rounds", "dapo/groups_dropped"},
     "papo_noisy_rollout": {"papo/kl_prcp", "papo/entropy", "papo/masked_entropy", "noisy_rollout/eta", "noisy_rollout/t"},
+    "vppo": {"token_signal/mean", "token_select/fraction", "token_scale/factor_mean", "dapo/rounds"},
+    "pgpo": {"token_signal/mean", "token_scale/factor_mean", "dapo/rounds"},
+    "tor": {"token_signal/mean", "token_select/fraction", "kl_ref"},
+    "vepo": {"token_signal/mean", "token_signal/jsd", "token_select/fraction"},
+    "dvrp": {"dvrp/robustness_kl", "dvrp/t", "papo/kl_prcp"},
+    "gspo": {"kl_ref"},
+    "cispo": {"kl_ref"},
+    "rloo": {"kl_ref"},
 }
 
 

@@ -34,11 +34,21 @@ def _dry_run(config, command: str, args) -> int:
 
 
 def _split_config(args) -> tuple[str | None, list[str]]:
-    """Allow ``perceptrl train train.max_steps=3`` without a config file."""
+    """Allow ``perceptrl train train.max_steps=3`` without a config file, and a bare recipe name
+    (``perceptrl train grpo``) for a shipped recipe, as ``perceptrl compare`` takes it."""
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not Path(config).exists():
         overrides.insert(0, config)
         config = None
+    if config is not None and not Path(config).exists() and Path(config).suffix not in (".yaml", ".yml"):
+        from perceptrl.config import recipe_path, recipes_dir
+
+        try:
+            config = str(recipe_path(config))
+        except FileNotFoundError:
+            shipped = recipes_dir()
+            known = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml"))) if shipped.is_dir() else "none found"
+            raise ConfigError(f"{config}: no such config file or recipe name (recipes: {known})") from None
     return config, overrides
 
 
@@ -80,7 +90,9 @@ def print_before_after(name: str, before: dict, after: dict, output_dir) -> None
     for key in keys:
         print(f"  {key:<40} {before.get(key, float('nan')):.3f} -> {after[key]:.3f}")
     print(f"outputs: {output_dir}")
-    (Path(output_dir) / "summary.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
+    summary, text = Path(output_dir) / "summary.json", json.dumps({"before": before, "after": after}, indent=2)
+    if not summary.is_file() or summary.read_text() != text:  # a finished run reported again is left as it was
+        summary.write_text(text)
 
 
 # Modules that add their own subcommands: each has ``register(subparsers)``.
@@ -116,9 +128,15 @@ USER_ERRORS = (
     ("perceptrl.config", "ConfigError", "config error", 2),
     ("perceptrl.data.files", "DataError", "data error", 2),
     ("perceptrl.data.images", "ImageError", "data error", 2),
+    ("perceptrl.models.loading", "ModelError", "model error", 2),
+    ("perceptrl.train.run_plan", "RunDirError", "output folder", 2),
+    ("perceptrl.train.output_lock", "FolderInUse", "output folder", 2),
+    ("perceptrl.train.checkpoint", "DiskFullError", "disk full", 2),
     ("perceptrl.train.checkpoint", "CheckpointError", "checkpoint error", 2),
     ("perceptrl.train.rl", "TrainingDiverged", "training stopped", 3),
 )
+# OS errors about the machine rather than perceptrl: a full disk or quota, a read-only file system.
+OS_ERRORS = {28: "disk full", 122: "disk full", 30: "read-only file system"}
 
 
 def user_error(err: BaseException) -> tuple[str, int] | None:
@@ -129,6 +147,8 @@ def user_error(err: BaseException) -> tuple[str, int] | None:
             return kind, code
     if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
         return "", 2
+    if isinstance(err, OSError) and err.errno in OS_ERRORS:
+        return OS_ERRORS[err.errno], 2
     return None
 
 
@@ -151,9 +171,28 @@ def contain_caches() -> None:
         os.environ["MPLCONFIGDIR"] = str(root / "matplotlib")
 
 
+def quiet_libraries() -> None:
+    """A run's console shows perceptrl's progress and results. DeepSpeed, when installed, is imported
+    by accelerate on every model save and logs "Setting accelerator to CPU" on a machine without a
+    GPU; that one line is dropped (its other messages are kept)."""
+    import logging
+
+    logger = logging.getLogger("DeepSpeed")
+    if not any(getattr(f, "perceptrl", False) for f in logger.filters):  # once per process
+        notice = logging.Filter()
+        notice.filter = lambda record: not str(record.msg).startswith("Setting accelerator to CPU")
+        notice.perceptrl = True
+        logger.addFilter(notice)
+
+
 def main(argv: list[str] | None = None) -> int:
     contain_caches()
+    quiet_libraries()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from perceptrl.train.command import set_command
+
     args = build_parser().parse_args(argv)
+    restore = set_command(argv)  # run.json and the model card say which command made a run
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -167,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         kind, code = found
         print_error(err, kind)
         return code
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

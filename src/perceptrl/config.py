@@ -197,11 +197,99 @@ class TrainConfig:
     save_final: bool = True
     save_steps: int = 0  # write a checkpoint every N rollout steps (0 = never)
     save_total_limit: int = 2  # keep only the newest N checkpoints
-    resume: str = "auto"  # auto (newest complete checkpoint in output_dir, if any) | none | a checkpoint path
+    resume: str = "auto"  # auto (newest checkpoint of this same run) | none | force (even if the config differs) | a checkpoint path
+    overwrite: bool = False  # replace a finished or different run already in output_dir (else it is refused)
+    report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])  # + wandb (pip install 'perceptrl[wandb]')
     max_bad_steps: int = 3  # stop after this many rollout steps in a row with a non-finite loss, reward or gradient
     progress: bool = True
     deterministic: bool = False
     num_threads: int = 0  # 0 = leave torch's default
+
+
+# ---- token-level perception-aware family and policy-gradient baselines (issue 16; docs/METHODS.md) ----
+
+
+@dataclass
+class TokenViewConfig:
+    """A counterfactual view of the image: a ``vision.views`` view, or ``no_image`` (the image removed).
+
+    Only the parameters of the named view are read: mask_patches (patch, p, fill), gaussian (sigma),
+    ddpm (t), vogue (sigma), clean (none), no_image (none).
+    """
+
+    name: str = "mask_patches"  # mask_patches | gaussian | ddpm | vogue | clean | no_image
+    patch: int = 14  # mask_patches: side of the squares, raw-image pixels
+    p: float = 0.5  # mask_patches: probability that a square is blackened
+    fill: float = 0.0  # mask_patches: fill intensity in [0, 1]
+    sigma: float = 0.4  # gaussian / vogue: noise std on [0, 1] pixels
+    t: int = 500  # ddpm: forward-noise step 0..999
+
+    def params(self) -> dict[str, Any]:
+        """The keyword arguments of ``vision.views.make_view`` for this view."""
+        return {"mask_patches": {"patch": self.patch, "p": self.p, "fill": self.fill}, "gaussian": {"sigma": self.sigma},
+                "ddpm": {"t": self.t}, "vogue": {"sigma": self.sigma}}.get(self.name, {})
+
+
+@dataclass
+class TokenSignalConfig:
+    """Per-token visual dependency of the rollout policy: the policy on the image vs on a counterfactual view.
+
+    Computed once per rollout step, before the update, without gradient (``train/token_pieces.py``).
+    """
+
+    metric: str = "none"  # none | k3 (VPPO/PGPO released: sampled-token k3, clamped [0, 10]) | abs_log_ratio (ToR)
+    #                        | kl_full (VPPO paper: full-vocabulary KL) | vepo (VEPO: JSD, entropy gap, entropy)
+    view: TokenViewConfig = field(default_factory=TokenViewConfig)  # the counterfactual view (VPPO: 14 px, p = 0.5)
+    per_rollout: bool = False  # a fresh view for every completion (VPPO's released code) instead of one per prompt
+    vepo_alpha: float = 0.7  # VEPO: weight of the JSD against the entropy gap in the soft "or" (run_train.sh 0.7)
+    chunk_rows: int = 4  # full-vocabulary metrics: completions whose logits (both views) are held at once
+
+
+@dataclass
+class TokenSelectConfig:
+    """Which tokens the policy gradient reaches, with what weight (VPPO's gradient filter, VEPO, ToR)."""
+
+    signal_fraction: float | None = None  # keep the top fraction by the signal (VPPO 0.4, VEPO 0.2, ToR 0.3); null: off
+    entropy_fraction: float | None = None  # keep the top fraction by rollout-policy entropy (ToR 0.3); null: off
+    granularity: str = "response"  # response (per completion: VPPO, VEPO) | batch (over the rollout batch: ToR)
+    signal_weight: float = 1.0  # weight of the signal-selected tokens (ToR gamma_p 0.5)
+    entropy_weight: float = 1.0  # weight of the entropy-selected tokens (ToR gamma_r 1.0)
+    entropy_top_p: float = 1.0  # entropy of the top-p truncated distribution (ToR 0.95); 1: full vocabulary
+    normalize: str = "all"  # all: the loss stays a mean over every token | selected: over the selected ones (VEPO)
+
+
+@dataclass
+class TokenScaleConfig:
+    """Advantage scaling from the signal: per completion (VPPO) or per token (PGPO)."""
+
+    method: str = "none"  # none | vppo (trajectory-level advantage shaping) | pgpo (token weights)
+    vppo_min: float = 0.9  # VPPO beta_min (train_vppo_7b.sh advantage_scaling_min=0.9); beta_max is dynamic
+    vppo_scope: str = "minibatch"  # min/max/mean over: minibatch (released: the PPO mini-batch) | rollout
+    pgpo_threshold: float = 0.4  # PGPO tau
+    pgpo_boost: float = 2.0  # PGPO beta
+    pgpo_threshold_mode: str = "absolute"  # absolute (paper) | quantile (the authors' development code)
+    pgpo_low_floor: float = 0.0  # lower bound of the weights below tau (paper 0; development code 0.1)
+    pgpo_mass_normalize: bool = True  # weights of a completion sum to its length (paper; development code: false)
+
+
+@dataclass
+class DvrpConfig:
+    """DVRP (arXiv 2601.06801): minimise the KL to an annealed, noised view (its masked-view term is PAPO's)."""
+
+    robustness_coef: float = 0.0  # lambda_rob: + coef * token_mean(k3 to the noised view); 0 = off
+    entropy_coef: float = 0.0  # lambda_ent on the noised view: + coef * token_mean(-lp_noised) (no gradient)
+    t_init: float = 500.0  # noised view: ddpm(t), t = t_init * sigmoid(gamma * (0.5 - s / S))
+    gamma: float = 10.0
+    t_max: int = 999  # largest DDPM step
+
+
+@dataclass
+class PolicyLossConfig:
+    """The policy-gradient loss: PPO's token-level clipped surrogate, or a baseline's (docs/METHODS.md)."""
+
+    type: str = "ppo"  # ppo | gspo (sequence ratio, mean log-ratio) | sequence_sum (TRL's RLOO loss) | cispo
+    cispo_max_ratio: float = 5.0  # CISPO: cap of the stop-gradient importance weight (TRL epsilon_high, ScaleRL 5.0)
+    sampled_entropy_coef: float = 0.0  # + coef * token_mean(-lp), sampled-token entropy penalty (VPPO 0.06)
 
 
 @dataclass
@@ -217,6 +305,11 @@ class Config:
     noisy_grpo: NoisyGrpoConfig = field(default_factory=NoisyGrpoConfig)
     dupl: DuplConfig = field(default_factory=DuplConfig)
     filters: FiltersConfig = field(default_factory=FiltersConfig)
+    token_signal: TokenSignalConfig = field(default_factory=TokenSignalConfig)
+    token_select: TokenSelectConfig = field(default_factory=TokenSelectConfig)
+    token_scale: TokenScaleConfig = field(default_factory=TokenScaleConfig)
+    dvrp: DvrpConfig = field(default_factory=DvrpConfig)
+    policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     recipe: str = "grpo"  # name of the recipe (informational; "vogue" is an alias of "dupl")
 
     def to_dict(self) -> dict[str, Any]:
@@ -402,6 +495,14 @@ def recipes_dir() -> Path:
     return Path.cwd() / "recipes"
 
 
+def recipe_path(name: str) -> Path:
+    """The shipped recipe called ``name`` (``grpo`` -> ``recipes/grpo.yaml``)."""
+    path = recipes_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe '{name}' not found under {recipes_dir()}")
+    return path
+
+
 def _base_path(value: Any, including: Path) -> Path:
     """Where ``base: value`` of the file ``including`` points.
 
@@ -525,16 +626,18 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config):
-    """Build a config from an optional YAML file (and its ``base:`` chain) and ``key.path=value`` overrides."""
+    """Build a config from an optional YAML file (and its ``base:`` chain) and ``key.path=value`` overrides.
+    An error in a file names the file (``read_recipe``); one in an override names the override."""
     raw: dict = read_recipe(path, cls).raw if path else {}
     for text in overrides or []:
         key, value = parse_override(text)
         key = KEY_ALIASES.get(key, key)
         _set_dotted(raw, key, value)
-    try:
-        config = _build(cls, raw)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+        try:
+            _build(cls, raw)
+        except ConfigError as err:
+            raise ConfigError(f"override '{text}': {err}") from None
+    config = _build(cls, raw)
     validate(config)
     return config
 
@@ -580,6 +683,7 @@ def validate(config: Config) -> None:
     if a.adv_estimator in ("grpo", "group") and r.n < 2:
         checks.append((False, "rollout.n must be >= 2 for a group advantage (a group of one has no baseline)"))
     checks += _method_checks(config)
+    checks += _token_checks(config)
     checks += _data_checks(config)
     checks += _rollout_engine_checks(config)
     for ok, message in checks:
@@ -623,7 +727,7 @@ def _data_checks(config: Config) -> list[tuple[bool, str]]:
 
 RECIPE_ALIASES = {"vogue": "dupl"}  # VOGUE (arXiv 2510.01444 v1) is DUPL's first name, one codebase
 PLANS = ("clean", "noisy_rollout", "noise_ladder", "dupl")
-ADV_ESTIMATORS = ("grpo", "drgrpo", "noisy_grpo", "dupl")
+ADV_ESTIMATORS = ("grpo", "drgrpo", "noisy_grpo", "dupl", "rloo")
 
 
 def noisy_rollout_split(config: Config) -> tuple[int, int]:
@@ -704,6 +808,83 @@ def _method_checks(config: Config) -> list[tuple[bool, str]]:
     }
     if canonical_recipe(config.recipe) in required:
         checks.append(required[canonical_recipe(config.recipe)])
+    return checks
+
+
+TOKEN_METRICS = ("none", "k3", "abs_log_ratio", "kl_full", "vepo")
+POLICY_LOSSES = ("ppo", "gspo", "sequence_sum", "cispo")
+
+
+def _token_checks(config: Config) -> list[tuple[bool, str]]:
+    """Checks of the token-level sections (token_signal, token_select, token_scale, dvrp, policy_loss) and rloo."""
+    sig, sel, sca, dv, pl, a = (config.token_signal, config.token_select, config.token_scale, config.dvrp,
+                                config.policy_loss, config.algorithm)
+    fractions = [(name, x) for name, x in (("signal_fraction", sel.signal_fraction),
+                                          ("entropy_fraction", sel.entropy_fraction)) if x is not None]
+    checks = [
+        (sig.metric in TOKEN_METRICS, f"token_signal.metric must be one of {', '.join(TOKEN_METRICS)}, got {sig.metric!r}"),
+        (sig.chunk_rows >= 1, "token_signal.chunk_rows must be >= 1"),
+        (0.0 <= sig.vepo_alpha <= 1.0, "token_signal.vepo_alpha must be in [0, 1]"),
+        *[(0.0 < x <= 1.0, f"token_select.{name} must be in (0, 1] or null, got {x}") for name, x in fractions],
+        (sel.granularity in ("response", "batch"), f"token_select.granularity must be response or batch, got {sel.granularity!r}"),
+        (sel.normalize in ("all", "selected"), f"token_select.normalize must be all or selected, got {sel.normalize!r}"),
+        (sel.signal_weight >= 0 and sel.entropy_weight >= 0,
+         "token_select.signal_weight and entropy_weight must be >= 0 (a weight multiplies the advantage)"),
+        (0.0 < sel.entropy_top_p <= 1.0, "token_select.entropy_top_p must be in (0, 1]"),
+        (sca.method in ("none", "vppo", "pgpo"), f"token_scale.method must be none, vppo or pgpo, got {sca.method!r}"),
+        (0.0 <= sca.vppo_min <= 1.0, "token_scale.vppo_min must be in [0, 1]"),
+        (sca.vppo_scope in ("minibatch", "rollout"), f"token_scale.vppo_scope must be minibatch or rollout, got {sca.vppo_scope!r}"),
+        (0.0 < sca.pgpo_threshold < 1.0, "token_scale.pgpo_threshold must be in (0, 1)"),
+        (sca.pgpo_boost >= 0 and sca.pgpo_low_floor >= 0, "token_scale.pgpo_boost and pgpo_low_floor must be >= 0"),
+        (sca.pgpo_threshold_mode in ("absolute", "quantile"),
+         f"token_scale.pgpo_threshold_mode must be absolute or quantile, got {sca.pgpo_threshold_mode!r}"),
+        (dv.robustness_coef >= 0 and dv.entropy_coef >= 0, "dvrp.robustness_coef and dvrp.entropy_coef must be >= 0"),
+        (0 <= dv.t_init <= 999 and dv.t_max in range(1000), "dvrp.t_init and dvrp.t_max must be DDPM steps in 0..999"),
+        (pl.type in POLICY_LOSSES, f"policy_loss.type must be one of {', '.join(POLICY_LOSSES)}, got {pl.type!r}"),
+        (pl.cispo_max_ratio > 0, "policy_loss.cispo_max_ratio must be > 0"),
+        (math.isfinite(pl.sampled_entropy_coef), "policy_loss.sampled_entropy_coef must be finite"),
+    ]
+    view = sig.view
+    if view.name != "no_image":
+        from perceptrl.vision.views import make_view
+
+        try:
+            make_view(view.name, **view.params())
+        except (TypeError, ValueError) as err:
+            checks.append((False, f"token_signal.view: {err} (or no_image: the image removed)"))
+    uses_signal = sel.signal_fraction is not None or sca.method != "none"
+    if uses_signal:
+        checks.append((sig.metric != "none", "token_select.signal_fraction and token_scale need token_signal.metric (k3, "
+                                             "abs_log_ratio, kl_full or vepo)"))
+    weighted = uses_signal or sel.entropy_fraction is not None
+    if weighted:
+        checks += [
+            (pl.type in ("ppo", "cispo"), f"token selection and scaling weigh each token's advantage: policy_loss.type "
+                                          f"{pl.type!r} has one ratio per sequence; use ppo or cispo"),
+            (config.rollout.plan != "dupl" and a.adv_estimator != "dupl",
+             "token selection and scaling are not supported with DUPL (its shaper already makes per-token advantages)"),
+        ]
+    if pl.type in ("gspo", "sequence_sum"):
+        checks.append((a.dual_clip_c is None, f"policy_loss.type {pl.type} clips one ratio per sequence and has no dual "
+                                              "clip: set algorithm.dual_clip_c: null"))
+    required = {
+        "vppo": (sig.metric != "none" and sel.signal_fraction is not None, "recipe vppo needs token_signal.metric and "
+                                                                           "token_select.signal_fraction"),
+        "pgpo": (sca.method == "pgpo", "recipe pgpo needs token_scale.method: pgpo"),
+        "tor": (sel.signal_fraction is not None or sel.entropy_fraction is not None,
+                "recipe tor needs token_select.signal_fraction or entropy_fraction"),
+        "vepo": (sig.metric == "vepo", "recipe vepo needs token_signal.metric: vepo"),
+        "dvrp": (dv.robustness_coef > 0, "recipe dvrp needs dvrp.robustness_coef > 0"),
+        "gspo": (pl.type == "gspo", "recipe gspo needs policy_loss.type: gspo"),
+        "cispo": (pl.type == "cispo", "recipe cispo needs policy_loss.type: cispo"),
+        "rloo": (a.adv_estimator == "rloo", "recipe rloo needs algorithm.adv_estimator: rloo"),
+    }
+    if config.recipe in required:
+        checks.append(required[config.recipe])
+    if a.adv_estimator == "rloo":
+        checks.append((a.adv_scale in ("none", "batch"), "algorithm.adv_estimator rloo takes adv_scale none (the "
+                                                          "leave-one-out advantage) or batch (TRL's normalize_advantages)"))
+        checks.append((config.rollout.n >= 2, "rollout.n must be >= 2 for RLOO (a group of one has no baseline)"))
     return checks
 
 

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-RECIPES = Path(__file__).resolve().parent.parent.parent / "recipes"
 
 DEMO_RECIPES = ["grpo", "papo_g", "noisy_rollout", "noisy_grpo", "dupl"]
 
@@ -31,15 +30,6 @@ SUITE = ["model.path=warmstart", "data.families=[count,arith,compare,spatial,pop
 # wall time while other jobs kept the load average at 12-14 (the demo got 62% of one core).
 FULL = dict(steps=120, prompts=8, n=8, val=32, tokens=32)
 QUICK = dict(steps=2, prompts=2, n=4, val=2, tokens=8)
-
-
-def recipe_path(name: str) -> Path:
-    """A shipped recipe file (from the source tree or the installed package data)."""
-    for base in (RECIPES, Path(__file__).resolve().parent / "recipes"):
-        path = base / f"{name}.yaml"
-        if path.exists():
-            return path
-    raise FileNotFoundError(f"recipe '{name}' not found under {RECIPES}")
 
 
 def demo_overrides(budget: dict) -> list[str]:

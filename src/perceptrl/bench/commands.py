@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 SECTIONS = ("recipes", "scaling", "speedups", "memory")
+# What --quick sets, for the options not given on the command line (an option given wins).
+QUICK = {"sizes": ["tiny"], "prompts": 2, "completions": 4, "tokens": 16, "steps": 2, "warmup": 1, "repeats": 1,
+         "scaling_prompts": 2}
 
 
 def register(subparsers) -> None:
@@ -56,6 +59,45 @@ def register(subparsers) -> None:
     p.add_argument("--report-from", nargs="+", default=None, metavar="RAW_JSONL",
                    help="run nothing: summarise the raw.jsonl file(s) of earlier (possibly interrupted) runs")
     p.set_defaults(func=cmd_bench)
+    for action in p._actions:  # unset options read None, so that --quick can tell them from given ones
+        if action.dest in QUICK:
+            action.help = (action.help or "") + f" (default {action.default}; --quick: {QUICK[action.dest]})"
+            _NORMAL[action.dest], action.default = action.default, None
+
+
+_NORMAL: dict = {}
+
+
+def _fill_defaults(args) -> None:
+    """Options not given: --quick's value under --quick, else the normal default."""
+    for name, normal in _NORMAL.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, QUICK[name] if args.quick else normal)
+
+
+def check_bench_options(args) -> None:
+    """Recipes, sizes, variants and counts that would fail mid-run: refused before anything runs."""
+    from perceptrl.bench.models import MODEL_SIZES
+    from perceptrl.bench.suite import SPEEDUP_VARIANTS, recipe_sources
+    from perceptrl.config import ConfigError
+
+    def unknown(option: str, given, known) -> None:
+        bad = [name for name in given or [] if name not in known]
+        if bad:
+            raise ConfigError(f"{option}: unknown {', '.join(bad)}; choose from {', '.join(known)}")
+
+    unknown("--recipes", args.recipes, list(recipe_sources()))
+    unknown("--recipe-sizes", args.recipe_sizes, list(recipe_sources()))
+    unknown("--sizes", args.sizes, list(MODEL_SIZES))
+    unknown("--speedup-variants", args.speedup_variants, list(SPEEDUP_VARIANTS))
+    for option, value, low in (("--prompts", args.prompts, 1), ("--completions", args.completions, 1),
+                               ("--tokens", args.tokens, 1), ("--image-size", args.image_size, 28),
+                               ("--scaling-prompts", args.scaling_prompts, 1), ("--repeats", args.repeats, 1),
+                               ("--threads", args.threads, 1), ("--warmup", args.warmup, 0)):
+        if value < low:
+            raise ConfigError(f"{option} {value}: must be >= {low}")
+    if args.steps <= args.warmup:
+        raise ConfigError(f"--steps {args.steps}: must be more than --warmup ({args.warmup}), or no step is measured")
 
 
 def cmd_bench(args) -> int:
@@ -83,14 +125,15 @@ def cmd_bench(args) -> int:
     sections = list(args.sections)
     if "memory" in sections:  # its own cases (perceptrl.bench.memory): not steps of the training loop
         sections.remove("memory")
+        _fill_defaults(args)
         _memory_section(args, out_dir)
         if not sections:
             return 0
     args.sections = sections
     scaling_axes = SCALING_AXES
+    _fill_defaults(args)
+    check_bench_options(args)
     if args.quick:
-        args.sizes, args.prompts, args.completions, args.tokens = ["tiny"], 2, 4, 16
-        args.steps, args.warmup, args.repeats, args.scaling_prompts = 2, 1, 1, 2
         if args.recipes is None:
             args.recipes = ["grpo"]
         scaling_axes = {

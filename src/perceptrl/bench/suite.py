@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from perceptrl.bench.runner import Case, run_case, run_case_subprocess
+from perceptrl.config import recipes_dir
 
 # Recipe variants without a YAML of their own: (base recipe, overrides).
 VIRTUAL_RECIPES: dict[str, tuple[str, list[str]]] = {
@@ -41,6 +42,11 @@ VIRTUAL_RECIPES: dict[str, tuple[str, list[str]]] = {
     # GRPO sampling as the PAPO recipes do (top-p 0.99; grpo.yaml has 1.0): papo_g_nokl over this one is
     # the masked branch alone, with the sampling cost of the two recipes equal
     "grpo_top_p099": ("grpo", ["rollout.top_p=0.99"]),
+    # VPPO's paper form: full-vocabulary KL between the two views (the released form is the sampled-token k3)
+    "vppo_kl_full": ("vppo", ["token_signal.metric=kl_full"]),
+    # PGPO as in the authors' development code (quantile threshold, 0.1 floor, no mass normalisation)
+    "pgpo_devcode": ("pgpo", ["token_scale.pgpo_threshold_mode=quantile", "token_scale.pgpo_low_floor=0.1",
+                              "token_scale.pgpo_mass_normalize=false"]),
 }
 
 # Recipes also compared with a GRPO that samples as they do (``ratio_to_same_sampling`` in the report).
@@ -76,15 +82,6 @@ SCALING_AXES = {
     "completion_length": ("tokens", [16, 32, 64, 128]),
     "image_size": ("image_size", [56, 112, 168, 224]),
 }
-
-
-def recipes_dir() -> Path:
-    """``recipes/`` of the source checkout (the package is installed editable from it)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "recipes").is_dir() and (parent / "recipes" / "grpo.yaml").exists():
-            return parent / "recipes"
-    return Path.cwd() / "recipes"
 
 
 def recipe_sources(directory: Path | None = None) -> dict[str, tuple[Path, list[str]]]:

@@ -28,8 +28,9 @@ becomes ``""`` (the question is in the image). Answers may be strings or numbers
 Validation happens up front, when the source is built: every row is parsed and every image opened,
 size-checked and fully decoded once (then dropped: images are decoded again lazily when a sample is
 requested, so memory stays at the text plus, for JSON, any embedded bytes). A bad row raises
-``DataError`` whose message starts ``<file>:<row>: <field>:`` (``row`` is the 0-based record index,
-the same number as in the default id; for JSONL, blank lines are not records). With
+``DataError`` whose message starts ``<file>: record <N> (line <M>): <field>:`` (``N`` is the 0-based
+record index, as in the default id and in ``datasets``; ``M`` the 1-based line an editor shows, for
+JSON Lines files, where blank lines are not records; parquet and JSON arrays have no lines). With
 ``data.on_bad_sample: skip`` bad rows are skipped instead, counted per reason, and one warning line
 summarises them (with the first few locations); if no valid row is left, ``DataError`` is raised.
 File-level problems (missing file, unknown extension, missing required column, unreadable parquet)
@@ -74,14 +75,23 @@ SKIP_HINT = "(set data.on_bad_sample=skip to skip bad rows)"
 _EXAMPLES_PER_REASON = 5
 
 
-class DataError(ValueError):
-    """A data file or one of its rows is unusable. The message starts ``<file>:<row>: <field>:``
-    (``<file>: <field>:`` for file-level problems); the parts are also attributes."""
+def _where(file: str | Path, row: int | None, line: int | None = None) -> str:
+    """``<file>: record <row> (line <line>)``, ``<file>: record <row>``, or ``<file>``."""
+    if row is None:
+        return str(file)
+    return f"{file}: record {row}" + (f" (line {line})" if line is not None else "")
 
-    def __init__(self, file: str | Path, row: int | None, field: str | None, message: str, reason: str = "invalid"):
-        location = f"{file}:{row}" if row is not None else str(file)
+
+class DataError(ValueError):
+    """A data file or one of its rows is unusable. The message starts ``<file>: record <row> (line
+    <line>): <field>:`` (``<file>: <field>:`` for file-level problems); the parts are also attributes."""
+
+    def __init__(self, file: str | Path, row: int | None, field: str | None, message: str, reason: str = "invalid",
+                 line: int | None = None):
+        location = _where(file, row, line)
         super().__init__(f"{location}: {field}: {message}" if field else f"{location}: {message}")
         self.file, self.row, self.field, self.reason, self.detail = str(file), row, field, reason, message
+        self.line, self.location = line, location
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,6 +112,10 @@ class _Table:
     def cell(self, row: int, column: str) -> Any:
         raise NotImplementedError
 
+    def line_of(self, row: int) -> int | None:
+        """The 1-based line of the file where record ``row`` is (None: a format without lines)."""
+        return None
+
     keeps_cells = False  # True: embedded image bytes can be fetched again cheaply (memory-mapped)
 
 
@@ -115,6 +129,7 @@ class _JsonTable(_Table):
         except OSError as err:
             raise DataError(path, None, None, f"cannot read file ({err})", "unreadable") from None
         self._rows: list[dict | DataError] = []
+        self._lines: list[int] = []  # JSON Lines: the line of each record
         if kind == "json":
             try:
                 data = json.loads(text)
@@ -126,17 +141,22 @@ class _JsonTable(_Table):
             else:
                 self._rows = self._records(data)
         if kind == "jsonl":
-            for line in text.splitlines():
+            # split on newlines only: str.splitlines would also split at U+2028 and the like, which
+            # JSON allows raw inside strings
+            for number, line in enumerate(text.split("\n"), start=1):
                 if not line.strip():
                     continue
                 row = len(self._rows)
+                self._lines.append(number)
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    self._rows.append(DataError(path, row, None, f"invalid JSON ({err.msg} at column {err.colno})", "invalid_row"))
+                    self._rows.append(DataError(path, row, None, f"invalid JSON ({err.msg} at column {err.colno})",
+                                                "invalid_row", line=number))
                     continue
                 if not isinstance(record, dict):
-                    record = DataError(path, row, None, f"expected a JSON object, got {type(record).__name__}", "invalid_row")
+                    record = DataError(path, row, None, f"expected a JSON object, got {type(record).__name__}",
+                                       "invalid_row", line=number)
                 self._rows.append(record)
         columns: dict[str, None] = {}
         for record in self._rows:
@@ -172,6 +192,9 @@ class _JsonTable(_Table):
         record = self._rows[row]
         return record.get(column) if isinstance(record, dict) else None
 
+    def line_of(self, row: int) -> int | None:
+        return self._lines[row] if row < len(self._lines) else None
+
     def release(self) -> None:
         self._rows = []
 
@@ -185,12 +208,15 @@ class _ParquetTable(_Table):
         self.path = path
         bars_were_on = not datasets.utils.are_progress_bars_disabled()
         datasets.utils.disable_progress_bars()
+        verbosity = datasets.logging.get_verbosity()
+        datasets.logging.set_verbosity(logging.CRITICAL)  # its "Failed to read schema" line: the error says it
         try:
             dataset = datasets.load_dataset("parquet", data_files=[str(path)], split="train")
         except Exception as err:  # noqa: BLE001 - any reader failure is a file-level data error
             cause = err.__cause__ or err.__context__ or err
             raise DataError(path, None, None, f"cannot read parquet ({type(cause).__name__}: {cause})", "unreadable") from err
         finally:
+            datasets.logging.set_verbosity(verbosity)
             if bars_were_on:
                 datasets.utils.enable_progress_bars()
         self._table = dataset.data.table  # a pyarrow Table over the memory-mapped cache: no decoding of Image features
@@ -275,6 +301,7 @@ class _Record:
     images: tuple  # Path | bytes | _CellImage per image
     image_fields: tuple[str, ...]
     placeholders: int
+    line: int | None = None  # JSON Lines: the line of the file
 
 
 @dataclass
@@ -291,7 +318,7 @@ class LoadReport:
 
     def add_skip(self, err: DataError) -> None:
         self.skipped[err.reason] += 1
-        where = f"{err.file}:{err.row}" + (f" ({err.field})" if err.field else "")
+        where = err.location + (f" ({err.field})" if err.field else "")
         self.examples.setdefault(err.reason, [])
         if len(self.examples[err.reason]) < _EXAMPLES_PER_REASON:
             self.examples[err.reason].append(where)
@@ -340,7 +367,7 @@ class _RowParser:
         self.has_id = data_cfg.id_key in table.columns
 
     def error(self, row: int, field: str | None, message: str, reason: str) -> DataError:
-        return DataError(self.file, row, field, message, reason)
+        return DataError(self.file, row, field, message, reason, line=self.table.line_of(row))
 
     def parse(self, row: int, record: dict) -> _Record:
         cfg = self.cfg
@@ -352,9 +379,9 @@ class _RowParser:
         vision_dependent = self._vision_dependent(row, record.get(VISION_DEPENDENT_KEY))
         images, fields = self._images(row, record.get(cfg.image_key))
         if self.has_id:  # registered only once the row is valid: a skipped row never blocks a later one
-            self.seen_ids[sample_id] = f"{self.file}:{row}"
+            self.seen_ids[sample_id] = _where(self.file, row, self.table.line_of(row))
         return _Record(sample_id, problem, answer, answer_type, family, vision_dependent, self.file, row,
-                       tuple(images), tuple(fields), placeholders)
+                       tuple(images), tuple(fields), placeholders, self.table.line_of(row))
 
     def _id(self, row: int, record: dict) -> str:
         key = self.cfg.id_key
@@ -525,7 +552,7 @@ def _load_records(files, data_cfg, on_bad_sample: str | None = None) -> tuple[li
                 parsed = parser.parse(row, record)
             except DataError as err:
                 if mode == "error":
-                    raise DataError(err.file, err.row, err.field, f"{err.detail} {SKIP_HINT}", err.reason) from None
+                    raise DataError(err.file, err.row, err.field, f"{err.detail} {SKIP_HINT}", err.reason, err.line) from None
                 report.add_skip(err)
                 continue
             records.append(parsed)
@@ -559,7 +586,7 @@ def _decode_record(record: _Record, max_pixels: int | None) -> list:
         except (ImageError, OSError, IndexError) as err:
             message = getattr(err, "message", None) or f"cannot read image ({err})"
             raise DataError(record.file, record.row, name, f"{message} (changed since the data was validated?)",
-                            getattr(err, "reason", "missing_image")) from None
+                            getattr(err, "reason", "missing_image"), record.line) from None
     return images
 
 

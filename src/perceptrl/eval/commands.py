@@ -138,20 +138,44 @@ def resolve_config(positionals: list[str], model: str | None, run_config: str = 
     return config, used
 
 
-def cmd_eval(args) -> int:
+def check_eval_options(args) -> None:
+    """Option values that would fail after the model has loaded (or silently mean nothing): refused first."""
     from perceptrl.config import ConfigError
+
+    if args.k < 0:
+        raise ConfigError(f"--k {args.k}: must be >= 0")
+    if args.pass_k is not None:
+        bad = [j for j in args.pass_k if not 1 <= j <= args.k]
+        if bad:
+            given = ",".join(str(j) for j in args.pass_k)
+            raise ConfigError(f"--pass-k {given}: pass@j needs 1 <= j <= --k ({args.k} samples per prompt); "
+                              f"{', '.join(str(j) for j in bad)} out of range")
+    checks = [
+        (args.temperature > 0, f"--temperature {args.temperature}: must be > 0"),
+        (0 < args.top_p <= 1, f"--top-p {args.top_p}: must be in (0, 1]"),
+        (args.max_new_tokens is None or args.max_new_tokens >= 1, f"--max-new-tokens {args.max_new_tokens}: must be >= 1"),
+        (args.n_per_family is None or args.n_per_family >= 1, f"--n-per-family {args.n_per_family}: must be >= 1"),
+        (args.batch_size >= 1, f"--batch-size {args.batch_size}: must be >= 1"),
+        (0 <= args.mask_p <= 1, f"--mask-p {args.mask_p}: must be in [0, 1]"),
+        (0 <= args.blank_fill <= 1, f"--blank-fill {args.blank_fill}: must be in [0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def cmd_eval(args) -> int:
     from perceptrl.data.files import DataError
     from perceptrl.eval.pipeline import default_output_dir, evaluate_model
     from perceptrl.eval.report import render_markdown, to_json_safe
     from perceptrl.eval.runner import EvalSettings
 
     args = _reparse(args)
+    check_eval_options(args)
     config, used = resolve_config(args.positionals, args.model, args.run_config)
     say = None if args.quiet else (lambda message: print(f"[eval] {message}", file=sys.stderr, flush=True))
     if say and used is not None:
         say(f"config: {used}")
-    if args.k < 0:
-        raise ConfigError("--k must be >= 0")
     settings = EvalSettings(
         k=args.k, pass_ks=args.pass_k, seed=args.seed, probe=not args.no_probe, mask_p=args.mask_p,
         blank_fill=args.blank_fill, temperature=args.temperature, top_p=args.top_p,

@@ -85,7 +85,7 @@ def recipe_file(recipe: str) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"recipe file '{recipe}' not found")
         return path
-    from perceptrl.demo import recipe_path
+    from perceptrl.config import recipe_path
 
     return recipe_path(recipe)
 
@@ -392,7 +392,8 @@ def cmd_compare(args) -> int:
         return 2
     try:
         recipe_overrides = parse_recipe_overrides(args.set)
-        plan_runs(args.recipes, args.seeds, "-", args.overrides, recipe_overrides)  # fail before any work
+        for spec in plan_runs(args.recipes, args.seeds, "-", args.overrides, recipe_overrides):  # fail before any work
+            spec.config()  # the recipe exists and its config with the overrides is valid
     except ValueError as err:
         print(f"perceptrl compare: {err}", file=sys.stderr)
         return 2

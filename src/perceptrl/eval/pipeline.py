@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from perceptrl.config import Config, ConfigError, load_config
 from perceptrl.data.types import Sample
-from perceptrl.eval.evaluate import PolicyGenerator
+from perceptrl.train.heldout import PolicyGenerator
 from perceptrl.eval.report import write_outputs
 from perceptrl.eval.runner import EvalResult, EvalSettings, run_evaluation
 

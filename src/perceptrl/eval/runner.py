@@ -3,7 +3,7 @@ POPE metrics, per family and for vision-dependent versus text-only families.
 
 Everything here works on a list of :class:`~perceptrl.data.types.Sample` and a *generator*, a
 callable ``generate(samples, images, *, repeats, do_sample, seed) -> Generations``
-(:class:`perceptrl.eval.evaluate.PolicyGenerator` for a model; a stub in the tests), so the
+(:class:`perceptrl.train.heldout.PolicyGenerator` for a model; a stub in the tests), so the
 logic is testable without a model.
 
 Passes (each one batched call per chunk of prompts):
@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from perceptrl.data.types import Sample
-from perceptrl.eval.evaluate import Generations
+from perceptrl.train.heldout import Generations
 from perceptrl.eval.stats import avg_at_k, default_pass_ks, mean_ci, mean_pass_at_k, paired_difference, wilson_interval
 from perceptrl.rewards.verifiers import normalize_word
 from perceptrl.vision.views import View, make_view, view_seed

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,7 +63,9 @@ def apply_lora(policy: Policy, lora_cfg) -> Policy:
     targets = lora_targets(policy.model, list(lora_cfg.target_modules), lora_cfg.include_vision)
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                         target_modules=targets, bias="none")
-    policy.model = get_peft_model(policy.model, config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        policy.model = get_peft_model(policy.model, config)
     return policy
 
 

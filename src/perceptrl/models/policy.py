@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from perceptrl.models.kv_cache import cache_kwargs, output_cache
 from perceptrl.models.logits import HeadRequest, route_output_head
 from perceptrl.models.sampling import gumbel_argmax
 
@@ -335,14 +336,14 @@ class Policy:
         out = self.model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
         inverse = inverse.to(positions.device)
         if len(unique) != len(rows) or not torch.equal(unique, rows):
-            out.past_key_values.reorder_cache(inverse)
+            output_cache(out).reorder_cache(inverse)
         next_position = positions[..., -1:].index_select(positions.ndim - 2, inverse) + 1
         return out, inverse, next_position
 
     def _continue(self, cache, input_ids, attention_mask, position_ids):
         return self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=cache, use_cache=True,
+            use_cache=True, **cache_kwargs(self._base_model(), cache),
         )
 
     def _sample(self, prompts, rows, max_new_tokens, temperature, top_p, do_sample, return_logprobs, row_seeds=None):
@@ -353,7 +354,7 @@ class Policy:
         padding; stops when every row has ended.
         """
         out, inverse, position = self._prefix_forward(prompts, rows)
-        cache = _preallocate(out.past_key_values, max_new_tokens)
+        cache = _preallocate(output_cache(out), max_new_tokens)
         logits = out.logits[:, -1, :].index_select(0, inverse)
         attention = prompts.attention_mask.index_select(0, rows.to(prompts.attention_mask.device))
         device = logits.device
@@ -450,7 +451,7 @@ class Policy:
                 ], dim=1)
                 positions = position + torch.arange(T - 1, device=position.device)
                 with route_output_head(self.model, request(completion_ids[:, 1:], None, part(1, T))) as rest:
-                    outputs.append(self._continue(prefix.past_key_values, completion_ids[:, :-1], attention,
+                    outputs.append(self._continue(output_cache(prefix), completion_ids[:, :-1], attention,
                                                   positions).logits)
                 requests.append(rest)
             values = torch.cat(outputs, dim=1)

@@ -60,6 +60,45 @@ class CheckpointError(ValueError):
     """A checkpoint folder cannot be used (missing or unreadable files, wrong format)."""
 
 
+class DiskFullError(CheckpointError):
+    """No space left while writing a checkpoint or ``final/``; the previous ones are intact."""
+
+
+def _is_disk_full(err: BaseException, tmp: Path, needed: int) -> bool:
+    """OSError ENOSPC / EDQUOT from Python; safetensors' SafetensorError names the OS error in its text;
+    torch.save only says "unexpected pos", so a write error with too little room for the whole folder
+    counts too."""
+    if getattr(err, "errno", None) in (28, 122) or "No space left on device" in str(err) or "os error 28" in str(err):
+        return True
+    if not isinstance(err, (OSError, RuntimeError)):
+        return False
+    written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if tmp.is_dir() else 0
+    return shutil.disk_usage(tmp.parent).free + written < needed
+
+
+def _disk_full(file: str, tmp: Path, needed: int, output_dir: Path) -> DiskFullError:
+    """Remove the partial folder and say which file failed, how much space is needed and what survives."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    free = shutil.disk_usage(output_dir).free
+    previous = latest_checkpoint(output_dir)
+    resume = (f"{previous.name} is intact: free space, then run the same command to resume from it" if previous
+              else "no checkpoint to resume from (train.save_steps): free space and run the same command again")
+    return DiskFullError(f"no space left on device writing {file} in {output_dir} (needs about "
+                         f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free); {resume}")
+
+
+def _nbytes(tensors) -> int:
+    total = 0
+    for value in tensors:
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif isinstance(value, dict):
+            total += _nbytes(value.values())
+        elif isinstance(value, (list, tuple)):
+            total += _nbytes(value)
+    return total
+
+
 def _crash_point(point: str, step: int | None = None) -> None:
     spec = os.environ.get(CRASH_ENV)
     if not spec:
@@ -180,19 +219,30 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     _crash_point("tmp_created", step)
-    save_file(_state_dict_for_safetensors(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-    _crash_point("weights_written", step)
+    weights = _state_dict_for_safetensors(model)
     trainer_state = {"optimizer": optimizer.state_dict(), "rng": _rng_tensors(rng_state())}
-    if scheduler is not None:
-        trainer_state["scheduler"] = scheduler.state_dict()
-    torch.save(trainer_state, tmp / TRAINER_FILE)
-    _crash_point("trainer_written", step)
-    state = {"format": FORMAT_VERSION, "step": step, **(loop_state or {})}
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-    if before_commit is not None:
-        before_commit(tmp)
-    _crash_point("state_written", step)
-    _fsync_tree(tmp)
+    writing = f"{final.name}/{WEIGHTS_FILE}"  # named in a disk-full error
+    try:
+        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        _crash_point("weights_written", step)
+        if scheduler is not None:
+            trainer_state["scheduler"] = scheduler.state_dict()
+        writing = f"{final.name}/{TRAINER_FILE}"
+        torch.save(trainer_state, tmp / TRAINER_FILE)
+        _crash_point("trainer_written", step)
+        state = {"format": FORMAT_VERSION, "step": step, **(loop_state or {})}
+        writing = f"{final.name}/{STATE_FILE}"
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        if before_commit is not None:
+            writing = f"{final.name}/ (random states)"
+            before_commit(tmp)
+        _crash_point("state_written", step)
+        _fsync_tree(tmp)
+    except Exception as err:
+        needed = _nbytes([weights, trainer_state])
+        if _is_disk_full(err, tmp, needed):
+            raise _disk_full(writing, tmp, needed, output_dir) from None
+        raise
     _crash_point("synced", step)
     _swap_into_place(tmp, final)
     _crash_point("renamed", step)
@@ -215,9 +265,15 @@ def save_final(model, processor, output_dir: str | Path, name: str = FINAL_DIR) 
     tmp = output_dir / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_pretrained(model, processor, tmp)
-    _crash_point("final")
-    _fsync_tree(tmp)
+    try:
+        save_pretrained(model, processor, tmp)
+        _crash_point("final")
+        _fsync_tree(tmp)
+    except Exception as err:
+        needed = _nbytes([dict(model.state_dict())])
+        if _is_disk_full(err, tmp, needed):
+            raise _disk_full(f"{name}/", tmp, needed, output_dir) from None
+        raise
     target = output_dir / name
     _swap_into_place(tmp, target)
     return target

@@ -3,6 +3,7 @@
 - :class:`GroupEstimator`: GRPO / Dr.GRPO group-normalised advantage over each advantage group
   (a plan's groups: all of a prompt's rollouts, or DUPL's clean and noisy groups apart).
 - :class:`NoisyGrpoEstimator`: NoisyGRPO's Kalman fusion of reward and noise-level prior.
+- :class:`RlooEstimator`: RLOO's leave-one-out baseline (TRL 1.16 ``RLOOTrainer``, EasyR1 ``rloo``).
 - :class:`DuplShaper`: DUPL's per-token bonuses. It runs *inside* the update
   (``UpdateSettings.shapers``), where the update's own forward already has what it needs (entropy,
   the output head's input, log-probs of the rollout policy), so the paper's full-vocabulary
@@ -16,8 +17,9 @@ import torch
 
 from perceptrl.algorithms.advantages import dupl_shape, group_advantage, noisy_grpo_advantage
 from perceptrl.algorithms.losses import masked_sum
+from perceptrl.algorithms.policy_losses import rloo_advantage
 from perceptrl.algorithms.uncertainty import sampled_token_entropy, sym_kl_pointwise
-from perceptrl.bench.timer import timed
+from perceptrl.timing import timed
 from perceptrl.train.rollout import Rollout
 from perceptrl.train.update import MicroBatch
 
@@ -132,3 +134,18 @@ class DuplShaper:
         lp_noisy = mb.extra["noisy_logprobs"]
         u_out = sampled_token_entropy(torch.where(noisy.unsqueeze(-1), lp_noisy, lp_raw))
         return u_out, sym_kl_pointwise(lp_raw, lp_noisy)
+
+
+class RlooEstimator:
+    """RLOO (arXiv 2402.14740): ``A_i = r_i - mean_{j != i in its group} r_j``.
+
+    ``normalize``: TRL's ``normalize_advantages`` (``(A - mean) / (std + 1e-4)`` over the batch; here over
+    this process's rows, TRL's over the gathered generation batch). Config: ``algorithm.adv_estimator: rloo``
+    with ``adv_scale: none`` (plain) or ``batch`` (normalised).
+    """
+
+    def __init__(self, normalize: bool = False):
+        self.normalize = normalize
+
+    def __call__(self, rollout: Rollout, step: int) -> torch.Tensor:
+        return rloo_advantage(rollout.scores["reward"], rollout.group_ids, normalize=self.normalize)

@@ -5,7 +5,11 @@ A method is a choice along a few independent axes (ALGORITHMS.md section 8), eac
 - a *sampler* (``filters.py``): one round, or DAPO's dynamic sampling over rounds;
 - *preparers* (``filters.py``): overlong punishment and masking, applied to the sampled batch;
 - an advantage *estimator* and optional token *shapers* (``estimators.py``);
-- *loss terms* (``terms.py``): surrogate, reference KL, entropy bonus, PAPO's perception terms.
+- *loss terms* (``terms.py``): surrogate (PPO's, or GSPO's / CISPO's / RLOO's), reference KL, entropy
+  bonus, PAPO's perception terms;
+- the token-level perception-aware pieces (``token_pieces.py``; docs/METHODS.md): a per-token
+  visual-dependency signal from a counterfactual view, token selection and advantage scaling from it
+  (VPPO, PGPO, ToR, VEPO), and DVRP's robustness term.
 ``build_recipe(config)`` picks them; there is no trainer subclass per method, and a hybrid
 (PAPO on DAPO, DUPL on DAPO, PAPO plus NoisyRollout) is just another choice of pieces.
 
@@ -25,7 +29,7 @@ import torch
 
 from perceptrl.algorithms.schedules import make_schedule
 from perceptrl.config import Config, canonical_recipe, noisy_rollout_split
-from perceptrl.train.estimators import DuplShaper, GroupEstimator, NoisyGrpoEstimator
+from perceptrl.train.estimators import DuplShaper, GroupEstimator, NoisyGrpoEstimator, RlooEstimator
 from perceptrl.train.filters import DynamicSampling, OverlongMask, OverlongPenalty, single_round
 from perceptrl.train.plans import (
     BranchSchedule,
@@ -37,7 +41,16 @@ from perceptrl.train.plans import (
     Plan,
 )
 from perceptrl.train.rollout import GenSpec, Rollout
-from perceptrl.train.terms import PapoPerception, entropy_bonus_term, reference_kl_term, surrogate_term
+from perceptrl.train.terms import (
+    PapoPerception,
+    cispo_term,
+    entropy_bonus_term,
+    reference_kl_term,
+    sampled_entropy_term,
+    sequence_surrogate_term,
+    surrogate_term,
+)
+from perceptrl.train.token_pieces import TokenWeightedEstimator, build_token_pieces
 from perceptrl.train.update import LossTerm, Shaper, UpdateSettings
 
 
@@ -124,6 +137,18 @@ def build_plan(config: Config) -> Plan:
     return CleanPlan(r.n)
 
 
+def policy_loss_term(config: Config) -> LossTerm:
+    """The policy-gradient term ``policy_loss.type`` names (PPO's clipped surrogate by default)."""
+    a, pl = config.algorithm, config.policy_loss
+    if pl.type == "gspo":
+        return sequence_surrogate_term(a.eps_low, a.eps_high, level="mean")
+    if pl.type == "sequence_sum":
+        return sequence_surrogate_term(a.eps_low, a.eps_high, level="sum")
+    if pl.type == "cispo":
+        return cispo_term(pl.cispo_max_ratio)
+    return surrogate_term(a.eps_low, a.eps_high, a.dual_clip_c)
+
+
 def build_recipe(config: Config, world_size: int = 1) -> Recipe:
     """Assemble the pieces the config asks for (``world_size``: processes sharing each step's prompts)."""
     a, p, f, d = config.algorithm, config.papo, config.filters, config.dupl
@@ -131,13 +156,15 @@ def build_recipe(config: Config, world_size: int = 1) -> Recipe:
 
     if a.adv_estimator == "noisy_grpo":
         estimator = NoisyGrpoEstimator(config.noisy_grpo.p_alpha, config.noisy_grpo.R, a.adv_eps)
+    elif a.adv_estimator == "rloo":
+        estimator = RlooEstimator(normalize=a.adv_scale == "batch")
     else:
         estimator = GroupEstimator("none" if a.adv_estimator == "drgrpo" else a.adv_scale, a.adv_eps)
     shapers: list[Shaper] = []
     if a.adv_estimator == "dupl":
         shapers.append(DuplShaper(d.variant, d.alpha_p, d.beta_p, d.alpha_o, d.beta_o, d.use_u_per, d.use_u_out))
 
-    terms: list[LossTerm] = [surrogate_term(a.eps_low, a.eps_high, a.dual_clip_c)]
+    terms: list[LossTerm] = [policy_loss_term(config)]
     if a.kl_beta > 0:
         terms.append(reference_kl_term(a.kl_beta, a.kl_type, a.kl_bias_correction, a.kl_clamp))
     if a.entropy_coef > 0:
@@ -148,6 +175,13 @@ def build_recipe(config: Config, world_size: int = 1) -> Recipe:
                               p.kl_clamp_max, config.train.micro_batch_size, config.rollout.temperature)
         terms.append(papo)
         extras.append(papo)
+    token_extras, weighting, token_terms = build_token_pieces(config, world_size)
+    extras += token_extras
+    terms += token_terms
+    if weighting is not None:
+        estimator = TokenWeightedEstimator(estimator, weighting)
+    if config.policy_loss.sampled_entropy_coef:
+        terms.append(sampled_entropy_term(config.policy_loss.sampled_entropy_coef))
 
     sampler = single_round
     if f.dynamic_sampling:

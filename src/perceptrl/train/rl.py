@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -18,26 +19,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceptrl.bench.timer import step_timer, timed
-from perceptrl.config import Config, save_config
+from perceptrl.timing import step_timer, timed
+from perceptrl.config import Config
 from perceptrl.data.sources import build_source, limit_prompt_length
-from perceptrl.eval.evaluate import evaluate_greedy
+from perceptrl.train.heldout import evaluate_greedy
 from perceptrl.models.engines import build_engine
-from perceptrl.models.loading import load_policy
+from perceptrl.models.loading import check_model, load_policy
 from perceptrl.models.lora import prepare_for_training, reference_policy, save_final_model
 from perceptrl.rewards import RewardFunction, get_template
-from perceptrl.train.checkpoint import (
-    clean_partial,
-    crash_point,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from perceptrl.train.checkpoint import crash_point, latest_checkpoint, load_checkpoint, save_checkpoint
 from perceptrl.train.distributed import Distributed
 from perceptrl.train.logging import MetricsLogger, progress
 from perceptrl.train.recipe import build_recipe
 from perceptrl.train.rollout import collect_rollout, score_rollout
 from perceptrl.train.rollout_correction import rollout_correction
+from perceptrl.train.run_dir import RunDir
 from perceptrl.train.update import (
     combine_step_metrics,
     minibatch_rows,
@@ -86,17 +82,30 @@ class TrainingDiverged(RuntimeError):
 
 def train(config: Config, policy=None) -> TrainResult:
     """Run RL training as ``config`` says; returns held-out accuracy before and after."""
-    t_cfg, r_cfg = config.train, config.rollout
     dist = Distributed.from_environment()  # several processes: each takes a slice of every step's prompts
     dist.check(config)  # rollout_batch_size divisible by the number of processes, ...
-    source = build_source(config.data, t_cfg.seed)  # validates data files before any slow work
-    out_dir = Path(t_cfg.output_dir)
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, out_dir / "config.yaml")
+    # Before any slow work: the output folder is usable, not in use, and this run may resume what it holds.
+    with RunDir.open(config, "train", dist) as run:
+        source = build_source(config.data, config.train.seed)  # validates data files
+        model_cfg = config.model if dist.device is None else dataclasses.replace(config.model, device=str(dist.device))
+        if policy is None:
+            check_model(model_cfg)  # device, model folder, weights
+        plan = run.claim()  # locks the folder (created if new); the same plan on every process
+        if plan.done is not None:  # finished before with this config: report it, redo nothing
+            if dist.is_main:
+                print(f"[perceptrl] {run.path} already holds this run, finished at step {plan.done.get('step')}: "
+                      "nothing to do (train.overwrite=true runs it again; a larger train.max_steps continues it)",
+                      file=sys.stderr, flush=True)
+            return TrainResult(run.path, plan.done.get("before") or {}, plan.done.get("after") or {}, [],
+                               dist.is_main, dist.describe())
+        return _train(config, policy, dist, source, model_cfg, run)
+
+
+def _train(config: Config, policy, dist: Distributed, source, model_cfg, run: RunDir) -> TrainResult:
+    t_cfg, r_cfg = config.train, config.rollout
+    out_dir = run.path
     setup_torch(config)
 
-    model_cfg = config.model if dist.device is None else dataclasses.replace(config.model, device=str(dist.device))
     policy = prepare_for_training(policy or load_policy(model_cfg, config.data.system_prompt), config.model)
     policy.set_pixel_bounds(config.data.min_pixels, config.data.max_pixels)  # EasyR1's data.min/max_pixels
     reference = reference_policy(policy) if config.algorithm.kl_beta > 0 else None  # LoRA: adapter off
@@ -117,21 +126,19 @@ def train(config: Config, policy=None) -> TrainResult:
             dist.barrier()
         return result
 
-    # Resume from the newest complete checkpoint, or start fresh.
+    # Resume from the checkpoint the folder's plan names (perceptrl.train.run_dir), or start fresh.
     start_step, data_position, bad_steps, skipped_steps, before = 0, 0, 0, 0, None
-    checkpoint = dist.broadcast_object(find_resume_checkpoint(out_dir, t_cfg.resume) if dist.is_main else None)
+    checkpoint = run.plan.checkpoint
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, *dist.loading_views(policy.model, optimizer), scheduler)
         dist.restore_rng(checkpoint)  # each process its own random states
         start_step, data_position = state["step"], state["data_position"]
         bad_steps, before = state.get("bad_steps", 0), state.get("eval_before")
         skipped_steps = state.get("skipped_steps", 0)
-        if dist.is_main:
-            truncate_metrics(out_dir / "metrics.jsonl", start_step)
-        log.info("resumed from %s at step %d", checkpoint, start_step)
-    elif dist.is_main:  # a fresh start redoes everything: drop rows a killed earlier attempt logged
-        truncate_metrics(out_dir / "metrics.jsonl", -1)
-    logger = MetricsLogger(out_dir) if dist.is_main else NullLogger()
+    run.begin()  # says what it resumes; config.yaml and run.json; a replaced run's files removed
+    if dist.is_main:  # rows logged after the checkpoint are redone (a fresh start redoes everything)
+        truncate_metrics(out_dir / "metrics.jsonl", start_step if checkpoint is not None else -1)
+    logger = MetricsLogger(out_dir, report_to=t_cfg.report_to, run_config=config) if dist.is_main else NullLogger()
     if before is None:
         before = evaluate()
         logger.log(0, {f"eval/{k}": v for k, v in before.items()})
@@ -248,7 +255,7 @@ def train(config: Config, policy=None) -> TrainResult:
             "time/scoring": t_score - t_gen, "time/update": t_end - t_score,
             "lr": optimizer.param_groups[0]["lr"], "bad_steps": bad_steps, "skipped_steps": skipped_steps,
         })
-        metrics.update(step_timer.metrics())  # finer splits: perceptrl.bench.timer
+        metrics.update(step_timer.metrics())  # finer splits: perceptrl.timing
         metrics = dist.reduce_metrics(metrics)  # over processes (identity in one)
         if t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0 and step + 1 < t_cfg.max_steps:
             metrics.update({f"eval/{k}": v for k, v in evaluate().items()})
@@ -275,6 +282,7 @@ def train(config: Config, policy=None) -> TrainResult:
     final = dist.final_model(policy.model) if t_cfg.save_final else None  # FSDP / ZeRO-3: gathered to main
     if t_cfg.save_final and dist.is_main:  # atomic: tmp folder, fsync, rename (LoRA: merged + adapter/)
         save_final_model(final, policy.processor, out_dir)
+    run.finish(before, after, t_cfg.max_steps)  # run.json: finished; final/README.md: the model card
     dist.barrier()
     return TrainResult(out_dir, before, after, history, dist.is_main, dist.describe())
 
@@ -318,18 +326,6 @@ def make_scheduler(optimizer, train_cfg):
     """Linear warm-up, then constant: a pure function of the optimizer step (exact on resume)."""
     warmup = max(train_cfg.warmup_steps, 0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-
-
-def find_resume_checkpoint(out_dir: Path, resume: str) -> Path | None:
-    if resume == "none":
-        return None
-    clean_partial(out_dir)
-    if resume == "auto":
-        return latest_checkpoint(out_dir)
-    path = Path(resume)
-    if not (path / "state.json").is_file():
-        raise FileNotFoundError(f"train.resume: '{resume}' is not a complete checkpoint folder")
-    return path
 
 
 def truncate_metrics(path: Path, step: int) -> None:

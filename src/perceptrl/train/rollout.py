@@ -18,11 +18,12 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from perceptrl.bench.timer import timed
+from perceptrl.timing import timed
 from perceptrl.data.types import Sample
 from perceptrl.models.policy import Completions, EncodedPrompts, Policy
 
-# A view maps (image, seed) to a perturbed image of the same size; None is the clean image.
+# A view maps (image, seed) to a perturbed image of the same size, or to None to remove the image from
+# the prompt (a text-only counterfactual); a view of None is the clean image.
 ViewFn = Callable[[Any, int], Any]
 
 
@@ -258,7 +259,8 @@ def build_instances(
             if view is None:
                 images.append(list(sample.images))
             else:
-                images.append([view(img, seed_of(p, f"{name}/{k}")) for k, img in enumerate(sample.images)])
+                viewed = [view(img, seed_of(p, f"{name}/{k}")) for k, img in enumerate(sample.images)]
+                images.append([img for img in viewed if img is not None])  # None: the view removes the image
     return prompt_of, view_of, images
 
 

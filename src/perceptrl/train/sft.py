@@ -8,23 +8,24 @@ negative log-likelihood of the target tokens (``token_mean``), computed with the
 
 from __future__ import annotations
 
+import sys
 import time
-from pathlib import Path
 
 import torch
 
 from perceptrl.algorithms.losses import aggregate
-from perceptrl.config import Config, save_config
+from perceptrl.config import Config
 from perceptrl.data.sources import build_source
 from perceptrl.data.types import Sample
-from perceptrl.eval.evaluate import evaluate_greedy
-from perceptrl.models.loading import load_policy
+from perceptrl.train.heldout import evaluate_greedy
+from perceptrl.models.loading import check_model, load_policy
 from perceptrl.models.precision import use_master_weights
 from perceptrl.models.policy import Policy
 from perceptrl.rewards import RewardFunction, get_template
 from perceptrl.train.checkpoint import save_final
 from perceptrl.train.logging import MetricsLogger, progress
 from perceptrl.train.rl import TrainResult, make_optimizer, setup_torch
+from perceptrl.train.run_dir import RunDir
 
 
 def target_text(sample: Sample, template) -> str:
@@ -45,21 +46,33 @@ def encode_targets(policy: Policy, texts: list[str], max_len: int) -> tuple[torc
 
 
 def sft(config: Config, policy: Policy | None = None) -> TrainResult:
+    # Before any slow work: the output folder is usable, not in use, and holds no other run (run_dir.py).
+    with RunDir.open(config, "sft") as run:
+        source = build_source(config.data, config.train.seed)  # validates data files
+        if policy is None:
+            check_model(config.model)  # device, model folder, weights
+        plan = run.claim()
+        if plan.done is not None:  # finished before with this config: report it, redo nothing
+            print(f"[perceptrl] {run.path} already holds this run, finished: nothing to do "
+                  "(train.overwrite=true runs it again)", file=sys.stderr, flush=True)
+            return TrainResult(run.path, plan.done.get("before") or {}, plan.done.get("after") or {}, [])
+        return _sft(config, policy, source, run)
+
+
+def _sft(config: Config, policy: Policy | None, source, run: RunDir) -> TrainResult:
     t_cfg = config.train
-    source = build_source(config.data, t_cfg.seed)  # validates data files before any slow work
-    out_dir = Path(t_cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
+    out_dir = run.path
     setup_torch(config)
     policy = use_master_weights(policy or load_policy(config.model, config.data.system_prompt), config.model.dtype)
     policy.set_pixel_bounds(config.data.min_pixels, config.data.max_pixels)
+    run.begin()  # config.yaml and run.json; files of a replaced or interrupted run removed
     template = get_template(config.data.template)
     reward_fn = RewardFunction(config.data.template, config.reward.accuracy_weight, config.reward.format_weight)
     optimizer = make_optimizer(policy.model, t_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(t_cfg.warmup_steps, 1)) * max(0.0, 1 - s / max(t_cfg.max_steps, 1))
     )
-    logger = MetricsLogger(out_dir, filename="sft_metrics.jsonl")
+    logger = MetricsLogger(out_dir, filename="sft_metrics.jsonl", report_to=t_cfg.report_to, run_config=config)
     val = source.val_samples()
     max_len = config.rollout.max_new_tokens
 
@@ -100,4 +113,5 @@ def sft(config: Config, policy: Policy | None = None) -> TrainResult:
     logger.close()
     if t_cfg.save_final:
         save_final(policy.model, policy.processor, out_dir)  # atomic: tmp folder, fsync, rename
+    run.finish(before, after, t_cfg.max_steps)  # run.json: finished; final/README.md: the model card
     return TrainResult(out_dir, before, after, history)

@@ -10,6 +10,9 @@ gradient (computed chunk by chunk inside the model's output head, ``perceptrl.mo
 - :func:`entropy_bonus_term`: ``- coef * agg(H)``, full-vocabulary entropy with gradient.
 - :class:`PapoPerception`: PAPO's perception KL (maximised) and double entropy loss, with the
   masked view it needs (a scoring view plus a no-grad forward, or a forward with gradient).
+- :func:`sequence_surrogate_term`: GSPO's sequence-level ratio and clipping (and TRL's RLOO loss).
+- :func:`cispo_term`: CISPO's clipped, stop-gradient importance weight on a REINFORCE loss.
+- :func:`sampled_entropy_term`: ``+ coef * token_mean(-lp)``, a sampled-token entropy penalty (VPPO).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from perceptrl.algorithms.losses import (
     masked_mean,
     perception_kl,
 )
+from perceptrl.algorithms.policy_losses import cispo_loss, sequence_clipped_surrogate
 from perceptrl.train.update import LossTerm, MicroBatch, score_no_grad
 from perceptrl.vision.views import make_view
 
@@ -148,3 +152,59 @@ class PapoPerception:
             "papo/masked_entropy": masked_mean(-lp_mask.detach(), mb.mask),
         }
         return loss, stats
+
+
+def sequence_surrogate_term(eps_low: float, eps_high: float, level: str = "mean") -> LossTerm:
+    """Clipped surrogate on one importance ratio per sequence, aggregated with the update's mode.
+
+    ``level="mean"``: GSPO (arXiv 2507.18071; TRL ``importance_sampling_level="sequence"``), whose
+    released clip range is ``3e-4 / 4e-4`` and whose objective is the mean over sequences
+    (``seq_mean_token_mean``). ``level="sum"``: TRL 1.16 ``RLOOTrainer``'s loss, the ratio of summed
+    log-probs, mean over sequences. Stats: ``clip_frac_low`` / ``clip_frac_high`` and ``ratio_mean`` as
+    fractions of sequences (the token-level surrogate's are fractions of tokens).
+    """
+
+    def term(mb: MicroBatch):
+        per_token, s = sequence_clipped_surrogate(mb.logprobs, mb.old_logprobs, mb.advantages, mb.mask,
+                                                  eps_low, eps_high, level)
+        if "tis_weight" in mb.extra:  # rollout.tis_cap, per token, as TRL weighs every loss type's tokens
+            per_token = per_token * mb.extra["tis_weight"]
+        seqs = s["seq_count"]
+        stats = {"clip_frac_low": (s["seq_clip_low_count"], seqs), "clip_frac_high": (s["seq_clip_high_count"], seqs),
+                 "ratio_mean": (s["seq_ratio_sum"], seqs)}
+        return mb.agg(per_token), stats
+
+    return term
+
+
+def cispo_term(max_ratio: float = 5.0, min_ratio: float | None = None) -> LossTerm:
+    """CISPO (MiniMax-M1, arXiv 2506.13585; TRL ``loss_type="cispo"``): ``agg(-sg(min(rho, max)) A lp)``.
+
+    Stats: ``clip_frac_high`` (tokens whose weight was capped), ``ratio_mean`` (of the raw ratio).
+    """
+
+    def term(mb: MicroBatch):
+        per_token, _ = cispo_loss(mb.logprobs, mb.old_logprobs, mb.advantages, max_ratio, min_ratio)
+        if "tis_weight" in mb.extra:  # rollout.tis_cap (train.rollout_correction)
+            per_token = per_token * mb.extra["tis_weight"]
+        m = mb.mask.bool()
+        ratio = importance_ratio(mb.logprobs.detach(), mb.old_logprobs).float()
+        tokens = m.sum().float()
+        stats = {"clip_frac_high": (((ratio > max_ratio) & m).sum().float(), tokens),
+                 "ratio_mean": (ratio[m].sum(), tokens)}
+        return mb.agg(per_token), stats
+
+    return term
+
+
+def sampled_entropy_term(coef: float) -> LossTerm:
+    """``+ coef * token_mean(-lp)``: the sampled-token entropy estimate as a penalty (coef > 0, lowers the
+    entropy of the sampled tokens) or bonus (coef < 0). VPPO's released ``use_entropy_penalty`` (huaixuheqing/
+    VPPO-RL ``dp_actor.py``: ``-masked_mean(log_probs)``, ``entropy_penalty_coef`` 0.06 in train_vppo_7b.sh),
+    always a token mean over the mini-batch."""
+
+    def term(mb: MicroBatch):
+        value = mb.token_mean(-mb.logprobs)
+        return coef * value, {"sampled_entropy": masked_mean(-mb.logprobs.detach(), mb.mask)}
+
+    return term

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 from perceptrl.algorithms.losses import aggregate
-from perceptrl.bench.timer import timed
+from perceptrl.timing import timed
 from perceptrl.models.policy import Policy
 from perceptrl.train.distributed import Distributed
 from perceptrl.train.rollout import Rollout

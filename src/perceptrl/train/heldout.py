@@ -1,5 +1,8 @@
 """Held-out accuracy of a policy: batched generation, scored by the project verifier.
 
+It lives in ``train`` because the training loops evaluate before and after training, and imports
+point down (``eval`` builds its reports on these functions).
+
 - :func:`generate_completions`: completions for many samples, ``repeats`` per sample, one
   processor pass and one ``generate`` call per chunk of ``batch_size`` prompts, optionally on
   replaced images (a probe) and seeded per chunk (sampling is then a pure function of the seed,
