@@ -250,3 +250,22 @@ def test_backward_keeps_no_vocabulary_sized_tensor():
     (out["logprobs"].sum() + out["entropy"].sum()).backward()
     assert model.get_output_embeddings().weight.grad.abs().sum() > 0
     assert math.isfinite(float(out["logprobs"].sum()))
+
+
+def test_whole_logits_on_request_without_gradient_only():
+    """``with_logits`` (the token-signal pieces reduce them themselves, a few rows at a time): the head's
+    own logits, both paths; refused where a gradient would keep them alive."""
+    model, processor = build_tiny_family("qwen2_5_vl", seed=0)
+    policy = Policy(model.eval(), processor)
+    enc, rows, ids, mask = _case(policy)
+    got = {}
+    for shared in (True, False):
+        policy.share_prompt_prefix = shared
+        with torch.no_grad():
+            got[shared] = policy.score(enc, rows, ids, mask, with_logits=True)
+    m = mask.bool()
+    torch.testing.assert_close(got[True]["logits"][m], got[False]["logits"][m], atol=1e-4, rtol=1e-4)
+    lp = got[False]["logits"].float().log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(lp[m], got[False]["logprobs"][m])
+    with pytest.raises(RuntimeError, match="without gradient"):
+        policy.score(enc, rows, ids, mask, with_logits=True)

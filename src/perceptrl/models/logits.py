@@ -68,8 +68,10 @@ class HeadRequest:
     other_hidden: Tensor | None = None
     expand: Tensor | None = None
     keep_hidden: bool = False
+    keep_logits: bool = False  # no gradient only: also keep the whole logits [B, L, V] (model dtype) in ``logits``
     chunk: int | None = None  # tokens per chunk (None: chunk_tokens' rule)
     hidden: Tensor | None = field(default=None, repr=False)  # out: the head's input, if keep_hidden
+    logits: Tensor | None = field(default=None, repr=False)  # out: the head's output, if keep_logits
 
     @property
     def columns(self) -> list[str]:
@@ -264,13 +266,18 @@ def head_stats(head, forward, hidden: Tensor, request: HeadRequest) -> Tensor:
     chunk = chunk_tokens(flat.shape[0], vocab, flat.shape[-1], request.chunk)
     columns = []
     grad = torch.is_grad_enabled() and (flat.requires_grad or any(p.requires_grad for p in head.parameters()))
+    if request.keep_logits and grad:
+        raise RuntimeError("keep_logits (the whole [B, L, V] logits) is for forwards without gradient")
     if not grad:
         with torch.no_grad():
+            whole = forward(flat) if request.keep_logits else None
+            if whole is not None:
+                request.logits = whole.view(B, L, -1)
             lp = flat.new_empty(flat.shape[0], dtype=torch.float32)
             ent = flat.new_empty(flat.shape[0], dtype=torch.float32) if request.entropy else None
             for s in range(0, flat.shape[0], chunk):
-                part_lp, part_h = _forward_stats(forward(flat[s:s + chunk]), targets[s:s + chunk],
-                                                 request.temperature, request.entropy)
+                logits = forward(flat[s:s + chunk]) if whole is None else whole[s:s + chunk]
+                part_lp, part_h = _forward_stats(logits, targets[s:s + chunk], request.temperature, request.entropy)
                 lp[s:s + chunk] = part_lp
                 if ent is not None:
                     ent[s:s + chunk] = part_h

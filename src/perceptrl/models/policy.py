@@ -405,6 +405,7 @@ class Policy:
         entropy_grad: bool = False,
         keep_hidden: bool = False,
         kl_hidden: torch.Tensor | None = None,
+        with_logits: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Per-token log-probs ``[R, T]`` of completions given their prompts (float32).
 
@@ -416,15 +417,17 @@ class Policy:
         Also, on request: ``entropy`` ``[R, T]``, full-vocabulary entropy (``with_entropy``; with its
         gradient if ``entropy_grad``, else detached); ``hidden`` ``[R, T, H]``, the output head's
         input, detached (``keep_hidden``); ``sym_kl`` ``[R, T]``, the symmetric KL between this
-        distribution and the one of ``kl_hidden`` (another forward's ``hidden``; no gradient).
+        distribution and the one of ``kl_hidden`` (another forward's ``hidden``; no gradient);
+        ``logits`` ``[R, T, V]`` (``with_logits``, without gradient only: the one request that holds a
+        vocabulary-sized block, for callers that reduce it themselves a few rows at a time).
         Runs under the policy's autocast (``compute_dtype``); the values are float32.
         """
         with self.autocast():
             return self._score(prompts, rows, completion_ids, completion_mask, temperature, with_entropy,
-                               entropy_grad, keep_hidden, kl_hidden)
+                               entropy_grad, keep_hidden, kl_hidden, with_logits)
 
     def _score(self, prompts, rows, completion_ids, completion_mask, temperature, with_entropy, entropy_grad,
-               keep_hidden, kl_hidden) -> dict[str, torch.Tensor]:
+               keep_hidden, kl_hidden, with_logits=False) -> dict[str, torch.Tensor]:
         rows = torch.as_tensor(rows, dtype=torch.long)
         T = completion_ids.shape[1]
         with_entropy = with_entropy or entropy_grad
@@ -432,7 +435,7 @@ class Policy:
         def request(targets, expand=None, other=None) -> HeadRequest:
             return HeadRequest(targets=targets, temperature=temperature, entropy=with_entropy,
                                entropy_grad=entropy_grad, other_hidden=other, expand=expand,
-                               keep_hidden=keep_hidden, chunk=self.logits_chunk)
+                               keep_hidden=keep_hidden, keep_logits=with_logits, chunk=self.logits_chunk)
 
         def part(t0, t1):
             return None if kl_hidden is None else kl_hidden[:, t0:t1]
@@ -456,6 +459,7 @@ class Policy:
                 requests.append(rest)
             values = torch.cat(outputs, dim=1)
             hidden = torch.cat([r.hidden for r in requests], dim=1) if keep_hidden else None
+            logits = torch.cat([r.logits for r in requests], dim=1) if with_logits else None
         else:
             batch = prompts.select(rows)
             batch["input_ids"] = torch.cat([batch["input_ids"], completion_ids], dim=1)
@@ -468,7 +472,7 @@ class Policy:
             # The last T + 1 positions: position P - 1 + t predicts completion token t (the last is unused).
             with route_output_head(self.model, request(completion_ids, None, kl_hidden)) as req:
                 values = self.model(**batch, logits_to_keep=T + 1, use_cache=False).logits
-            hidden = req.hidden
+            hidden, logits = req.hidden, req.logits
         columns = request(completion_ids, None, kl_hidden).columns
         result = {name: values[..., k] for k, name in enumerate(columns)}
         for name in ("entropy", "sym_kl"):  # columns without a gradient of their own
@@ -476,6 +480,8 @@ class Policy:
                 result[name] = result[name].detach()
         if keep_hidden:
             result["hidden"] = hidden
+        if with_logits:
+            result["logits"] = logits
         return result
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
