@@ -269,3 +269,23 @@ def test_whole_logits_on_request_without_gradient_only():
     torch.testing.assert_close(lp[m], got[False]["logprobs"][m])
     with pytest.raises(RuntimeError, match="without gradient"):
         policy.score(enc, rows, ids, mask, with_logits=True)
+
+
+def test_memory_bench_section_runs(tmp_path):
+    """``perceptrl bench --sections memory --quick`` end to end (one case in its own process): the table
+    and the JSON with the floor's arithmetic. The numbers themselves are the benchmark's, not a test's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "perceptrl.cli", "bench", "--sections", "memory", "--quick",
+                           "--output-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "memory.json").read_text())
+    assert result["vocab"] == 151_936 and result["case"]["tokens"] == 64
+    params = result["parameters"]
+    expected = params * 16 / 2**20 + result["chunk_tokens"] * 151_936 * 4 / 2**20
+    assert result["floor_mb"] == pytest.approx(expected, rel=1e-6)
+    assert "| 64 | 2 | loop |" in (tmp_path / "memory.md").read_text()
