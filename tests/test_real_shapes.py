@@ -202,8 +202,21 @@ def test_max_prompt_length_drops_or_refuses_overlong_rows(real, tmp_path, caplog
     with caplog.at_level(logging.WARNING):
         source = limit_prompt_length(source, length_of, 200, drop=True)
     assert source.prompts_dropped == (2, 2) and len(source) == 2
-    assert "dropped 2 training and 2 validation rows" in caplog.text and "train.jsonl:1 (390 tokens)" in caplog.text
+    assert "dropped 2 training and 2 validation rows" in caplog.text and "train.jsonl: record 1 (390 tokens)" in caplog.text
     assert {source.train_sample(i).answer for i in range(4)} == {"0", "2"}
     assert [s.answer for s in source.val_samples()] == ["0", "2"]
-    with pytest.raises(DataError, match=r"train.jsonl:1: prompt: 390 tokens .* exceed data.max_prompt_length = 200"):
+    with pytest.raises(DataError, match=r"train.jsonl: record 1: prompt: 390 tokens .* exceed data.max_prompt_length = 200"):
         limit_prompt_length(build_source(config.data, 0), length_of, 200, drop=False)
+
+
+def test_synthetic_prompts_over_the_limit_are_an_error():
+    from perceptrl.config import load_config
+    from perceptrl.data.files import DataError
+    from perceptrl.data.sources import build_source, limit_prompt_length
+
+    source = build_source(load_config(None, ["data.image_size=56"]).data, 0)
+    assert limit_prompt_length(source, lambda s: 10_000, None, drop=True) is source  # no limit: untouched
+    limited = limit_prompt_length(source, lambda s: 150 if s.id.endswith("-3") else 90, 100, drop=True)
+    assert limited.train_sample(0).problem == source.train_sample(0).problem
+    with pytest.raises(DataError, match=r"synthetic prompt .*-3: prompt: 150 tokens .* lower data.image_size"):
+        limited.train_sample(3)

@@ -92,13 +92,13 @@ def limit_prompt_length(source: PromptSource, length_of: Callable[[Sample], int]
         if n <= max_length:
             return True
         file, row = _where(sample)
-        where = f"{file}:{row}" if row is not None else file
+        from perceptrl.data.files import DataError
+
+        where = DataError(file, row, None, "").location  # "<file>: record <row>", as every data error
         if may_drop:
             if len(dropped_examples) < 3:
                 dropped_examples.append(f"{where} ({n} tokens)")
             return False
-        from perceptrl.data.files import DataError
-
         hint = ("set data.filter_overlong_prompts=true to drop such rows" if row is not None
                 else "lower data.image_size or raise data.max_prompt_length")
         raise DataError(file, row, "prompt", f"{n} tokens (chat template and image tokens included) exceed "
