@@ -127,6 +127,18 @@ def peak_tflops(requested: float | None) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+def vllm_status() -> dict:
+    """Whether the vLLM engine can be timed here (``rollout.engine: vllm``); where it can, time it with
+    ``perceptrl bench --sections recipes --engine vllm`` (this check times the HF engine)."""
+    from perceptrl.models.vllm_engine import VLLMError, check_vllm
+
+    try:
+        check_vllm()
+    except VLLMError as err:
+        return {"event": "vllm", "available": False, "reason": str(err)}
+    return {"event": "vllm", "available": True}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="a Qwen2.5-VL config.json (default: 3B-Instruct's public numbers)")
@@ -164,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             out_file.write(line + "\n")
             out_file.flush()
 
+    emit(vllm_status())
     public, source = load_public_config(args.config)
     config_dict = shrink(public) if args.tiny_test else public
     t0 = time.perf_counter()
