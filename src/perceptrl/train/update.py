@@ -195,9 +195,11 @@ def run_update(policy: Policy, optimizer, rollout: Rollout, settings: UpdateSett
         def token_mean(values, _m=mb_mask):
             return aggregate(values, _m, "token_mean", global_tokens, global_seqs, settings.max_len)
 
+        device = logprobs.device  # rewards and advantages are made on the CPU; the model may be on a GPU
         mb = MicroBatch(
-            rows=micro, logprobs=logprobs, old_logprobs=old, advantages=advantages[micro], mask=mb_mask,
-            entropy=scored.get("entropy"), extra={k: v[micro] for k, v in rollout.extra.items()},
+            rows=micro, logprobs=logprobs, old_logprobs=old.to(device), advantages=advantages[micro].to(device),
+            mask=mb_mask.to(device), entropy=scored.get("entropy"),
+            extra={k: v[micro].to(device) for k, v in rollout.extra.items()},
             agg=agg, token_mean=token_mean, policy=policy, rollout=rollout,
             temperature=settings.temperature, hidden=scored.get("hidden"),
         )
@@ -274,9 +276,11 @@ def score_old_policy(policy: Policy, rollout: Rollout, settings: UpdateSettings,
             old[rows] = lp
             if not shaping:
                 continue
+            device = lp.device
             mb = MicroBatch(
-                rows=rows, logprobs=lp, old_logprobs=lp, advantages=rollout.advantages[rows], mask=mask[rows],
-                entropy=scored.get("entropy"), extra={k: v[rows] for k, v in rollout.extra.items()},
+                rows=rows, logprobs=lp, old_logprobs=lp, advantages=rollout.advantages[rows].to(device),
+                mask=mask[rows].to(device), entropy=scored.get("entropy"),
+                extra={k: v[rows].to(device) for k, v in rollout.extra.items()},
                 agg=_no_loss, token_mean=_no_loss, policy=policy, rollout=rollout,
                 temperature=settings.temperature, hidden=scored.get("hidden"),
             )
