@@ -288,4 +288,4 @@ def test_memory_bench_section_runs(tmp_path):
     params = result["parameters"]
     expected = params * 16 / 2**20 + result["chunk_tokens"] * 151_936 * 4 / 2**20
     assert result["floor_mb"] == pytest.approx(expected, rel=1e-6)
-    assert "| 64 | 2 | loop |" in (tmp_path / "memory.md").read_text()
+    assert "| 64 | 2 | AdamW fused |" in (tmp_path / "memory.md").read_text()  # the loop's own optimizer

@@ -187,8 +187,7 @@ def _memory_section(args, out_dir: Path) -> None:
     from perceptrl.bench.memory import MemoryCase, markdown, run_memory_section
 
     lengths, rows = args.memory_lengths, args.memory_rows
-    extra = [MemoryCase(tokens=512, rows=4, threads=args.threads),  # the issue's scoring measurement
-             MemoryCase(tokens=max(lengths), rows=max(rows), threads=args.threads, fused_adamw=True)]
+    extra = [MemoryCase(tokens=512, rows=4, threads=args.threads)]  # issue 13's scoring measurement
     if args.quick:
         lengths, rows, extra = [64], [2], []
     print(f"perceptrl bench --sections memory: T in {lengths}, rows in {rows} (one process per case)", flush=True)

@@ -27,14 +27,11 @@ at 64 KB, so that every large tensor is its own mapping and freeing it returns i
 from __future__ import annotations
 
 import gc
-import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 
-MB = 2**20
+from perceptrl.bench.child import MB, child_main, current_rss_mb, peak_rss_mb, reset_peak_rss, run_in_child
+
 DEFAULT_LENGTHS = (256, 1024)
 DEFAULT_ROWS = (1, 4)
 
@@ -45,26 +42,12 @@ class MemoryCase:
     rows: int = 1  # completions in the update (one micro-batch)
     threads: int = 1
     image_size: int = 112
-    fused_adamw: bool = False  # torch's fused AdamW instead of the training loop's optimizer (train.rl.make_optimizer)
     gradient_checkpointing: bool = True  # as EasyR1's default (worker.actor.model.enable_gradient_checkpointing)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
-
-
-def _peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise OSError("no VmHWM in /proc/self/status")
-
-
 def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    if not reset_peak_rss():
+        raise OSError("the memory bench resets the peak through /proc/self/clear_refs (Linux)")
 
 
 def _rollout(policy, case: MemoryCase, seed: int = 0):
@@ -116,7 +99,7 @@ def run_memory_case(case: MemoryCase) -> dict:
     from perceptrl.train.update import UpdateSettings, run_update
 
     gc.collect()
-    rss_start = _rss_mb()
+    rss_start = current_rss_mb()
     model, processor = build_real_shape(seed=0)
     policy = Policy(model, processor)
     if case.gradient_checkpointing:
@@ -130,40 +113,37 @@ def run_memory_case(case: MemoryCase) -> dict:
     rollout = _rollout(policy, case)
     settings = UpdateSettings(loss_agg_mode="token_mean", micro_batch_size=case.rows, max_grad_norm=1.0,
                               max_len=case.tokens, terms=[surrogate_term(0.2, 0.2, 3.0)])
-    if case.fused_adamw:
-        optimizer = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.01, fused=True)
-    else:
-        from perceptrl.config import TrainConfig
-        from perceptrl.train.rl import make_optimizer
+    from perceptrl.config import TrainConfig
+    from perceptrl.train.rl import make_optimizer
 
-        optimizer = make_optimizer(model, TrainConfig(lr=1e-6))
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-6))  # the training loop's own
     for p in params:  # AdamW's state as after a first step
         p.grad = torch.zeros_like(p)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     gc.collect()
-    rss_before = _rss_mb()
+    rss_before = current_rss_mb()
 
     # 1. Scoring forward and backward alone (no optimizer): the growth the issue measured.
     _reset_peak()
     comp = rollout.completions
     scored = policy.score(rollout.prompts, rollout.update_rows, comp.ids, comp.mask, with_entropy=True)
     (scored["logprobs"] * comp.mask).sum().backward()
-    score_peak = _peak_mb()
+    score_peak = peak_rss_mb()
     del scored
     optimizer.zero_grad(set_to_none=True)
     gc.collect()
 
     # 2. One update of the real code path; the optimizer step's peak is read on its own.
-    rss_update = _rss_mb()
+    rss_update = current_rss_mb()
     peaks = {}
     step = optimizer.step
 
     def measured_step(*args, **kwargs):
-        peaks["backward"] = _peak_mb()  # forward, backward and gradient clipping
+        peaks["backward"] = peak_rss_mb()  # forward, backward and gradient clipping
         _reset_peak()
         out = step(*args, **kwargs)
-        peaks["optimizer"] = _peak_mb()
+        peaks["optimizer"] = peak_rss_mb()
         return out
 
     optimizer.step = measured_step
@@ -187,7 +167,7 @@ def run_memory_case(case: MemoryCase) -> dict:
         "ratio": (peak - baseline_extra) / floor, "baseline_extra_mb": baseline_extra,
         "backward_peak_mb": peaks["backward"] - rss_start - baseline_extra,
         "optimizer_peak_mb": peaks["optimizer"] - rss_start - baseline_extra,
-        "optimizer": "fused AdamW" if case.fused_adamw else type(optimizer).__name__ + " (train.rl.make_optimizer)",
+        "optimizer": type(optimizer).__name__ + (" fused" if optimizer.defaults.get("fused") else " foreach"),
         "rss_before_update_mb": rss_update - rss_start, "update_seconds": seconds,
         "score_growth_mb": score_peak - rss_before, "fp32_logits_mb": logits_mb,
         "score_growth_over_logits": (score_peak - rss_before) / logits_mb, "loss": metrics.get("loss"),
@@ -195,14 +175,8 @@ def run_memory_case(case: MemoryCase) -> dict:
 
 
 def run_case_subprocess(case: MemoryCase, timeout: float = 1800) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(case.threads), MKL_NUM_THREADS=str(case.threads),
-               TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore", MALLOC_MMAP_THRESHOLD_="65536")
-    proc = subprocess.run([sys.executable, "-m", "perceptrl.bench.memory", json.dumps(asdict(case))],
-                          capture_output=True, text=True, env=env, timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"memory case {case} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_in_child("perceptrl.bench.memory", case, f"memory case {case}", case.threads,
+                        env={"MALLOC_MMAP_THRESHOLD_": "65536"}, timeout=timeout)
 
 
 def markdown(results: list[dict]) -> str:
@@ -215,7 +189,7 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         c = r["case"]
         split = (f" ({r['backward_peak_mb']:.0f} / {r['optimizer_peak_mb']:.0f})" if "backward_peak_mb" in r else "")
-        optimizer = "fused" if c.get("fused_adamw") else "loop"
+        optimizer = r.get("optimizer", "AdamW")
         if not c.get("gradient_checkpointing", False):
             optimizer += ", no checkpointing"
         lines.append(
@@ -243,17 +217,5 @@ def run_memory_section(lengths=DEFAULT_LENGTHS, rows=DEFAULT_ROWS, threads: int 
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    out = run_memory_case(MemoryCase(**json.loads(argv[0])))
-    print("RESULT " + json.dumps(out), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-    sys.exit(main())
+    raise SystemExit(child_main(run_memory_case, MemoryCase))

@@ -16,16 +16,15 @@ coin flip seeded by the completion's text (probability 1/2), and the reward reco
 
 from __future__ import annotations
 
-import json
 import os
-import resource
-import sys
 import tempfile
 import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from perceptrl.bench.child import child_main, current_rss_mb, peak_rss_mb, reset_peak_rss, run_in_child
 
 
 @dataclass
@@ -64,38 +63,6 @@ class Case:
         ]
         out.append(f"rollout.engine={self.engine}")
         return out + list(self.overrides)
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak resident set size to its current size (Linux); False if unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory since the last ``reset_peak_rss`` (else since the process started)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kilobytes on Linux
-
-
-def _current_rss_mb() -> float:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except ImportError:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 @contextmanager
@@ -151,7 +118,7 @@ def run_case(case: Case) -> dict:
     from perceptrl.models.policy import Policy
     from perceptrl.train.rl import train
 
-    rss_start = _current_rss_mb()
+    rss_start = current_rss_mb()
     model, processor = build_bench_model(case.size, seed=0)
     policy = Policy(model, processor)
     if case.fast_generation is not None:
@@ -160,7 +127,7 @@ def run_case(case: Case) -> dict:
         policy.share_prompt_prefix = case.share_prompt_prefix
     if case.fast_top_p is not None:
         policy.fast_top_p = case.fast_top_p
-    rss_model = _current_rss_mb()
+    rss_model = current_rss_mb()
     with tempfile.TemporaryDirectory(prefix="perceptrl-bench-") as out:
         overrides = case.config_overrides(out)
         overrides += _adapt_overrides(case, read_yaml(case.recipe_path))
@@ -181,7 +148,7 @@ def run_case(case: Case) -> dict:
         "case": asdict(case),
         "parameters": count_parameters(model),
         "steps": steps,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "peak_rss_is_per_case": peak_reset,
         "rss_at_start_mb": rss_start,
         "rss_after_model_mb": rss_model,
@@ -193,32 +160,8 @@ def run_case(case: Case) -> dict:
 
 def run_case_subprocess(case: Case, timeout: float | None = None) -> dict:
     """Run ``case`` in a fresh Python process (its own peak memory, no shared warm-up)."""
-    import subprocess
-
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(case.threads),
-               MKL_NUM_THREADS=str(case.threads), PYTHONWARNINGS="ignore")
-    proc = subprocess.run(
-        [sys.executable, "-m", "perceptrl.bench.runner", json.dumps(asdict(case))],
-        capture_output=True, text=True, env=env, timeout=timeout,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"benchmark case '{case.name}' failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    case = Case(**json.loads(argv[0]))
-    out = run_case(case)
-    print("RESULT " + json.dumps(out), flush=True)
-    return 0
+    return run_in_child("perceptrl.bench.runner", case, f"benchmark case '{case.name}'", case.threads, timeout=timeout)
 
 
 if __name__ == "__main__":
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-    sys.exit(main())
+    raise SystemExit(child_main(run_case, Case))
