@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from perceptrl.models.kv_cache import cache_kwargs, output_cache
-from perceptrl.models.logits import HeadRequest, route_output_head
+from perceptrl.models.logits import HeadRequest, VocabReduction, route_output_head
 from perceptrl.models.sampling import gumbel_argmax
 
 # Tokens a model must never sample: they mark image positions in the prompt.
@@ -405,7 +405,7 @@ class Policy:
         entropy_grad: bool = False,
         keep_hidden: bool = False,
         kl_hidden: torch.Tensor | None = None,
-        with_logits: bool = False,
+        reduce: VocabReduction | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-token log-probs ``[R, T]`` of completions given their prompts (float32).
 
@@ -418,16 +418,17 @@ class Policy:
         gradient if ``entropy_grad``, else detached); ``hidden`` ``[R, T, H]``, the output head's
         input, detached (``keep_hidden``); ``sym_kl`` ``[R, T]``, the symmetric KL between this
         distribution and the one of ``kl_hidden`` (another forward's ``hidden``; no gradient);
-        ``logits`` ``[R, T, V]`` (``with_logits``, without gradient only: the one request that holds a
-        vocabulary-sized block, for callers that reduce it themselves a few rows at a time).
-        Runs under the policy's autocast (``compute_dtype``); the values are float32.
+        one ``[R, T]`` per column of ``reduce`` (a ``VocabReduction``: per-token values of the
+        full-vocabulary distribution, and of ``kl_hidden``'s if it is a pair reduction, computed in the
+        head a chunk of tokens at a time; no gradient) instead of ``sym_kl``. Nothing of size ``V``
+        is returned or kept. Runs under the policy's autocast (``compute_dtype``); the values are float32.
         """
         with self.autocast():
             return self._score(prompts, rows, completion_ids, completion_mask, temperature, with_entropy,
-                               entropy_grad, keep_hidden, kl_hidden, with_logits)
+                               entropy_grad, keep_hidden, kl_hidden, reduce)
 
     def _score(self, prompts, rows, completion_ids, completion_mask, temperature, with_entropy, entropy_grad,
-               keep_hidden, kl_hidden, with_logits=False) -> dict[str, torch.Tensor]:
+               keep_hidden, kl_hidden, reduce=None) -> dict[str, torch.Tensor]:
         rows = torch.as_tensor(rows, dtype=torch.long)
         T = completion_ids.shape[1]
         with_entropy = with_entropy or entropy_grad
@@ -435,7 +436,7 @@ class Policy:
         def request(targets, expand=None, other=None) -> HeadRequest:
             return HeadRequest(targets=targets, temperature=temperature, entropy=with_entropy,
                                entropy_grad=entropy_grad, other_hidden=other, expand=expand,
-                               keep_hidden=keep_hidden, keep_logits=with_logits, chunk=self.logits_chunk)
+                               keep_hidden=keep_hidden, reduce=reduce, chunk=self.logits_chunk)
 
         def part(t0, t1):
             return None if kl_hidden is None else kl_hidden[:, t0:t1]
@@ -459,7 +460,6 @@ class Policy:
                 requests.append(rest)
             values = torch.cat(outputs, dim=1)
             hidden = torch.cat([r.hidden for r in requests], dim=1) if keep_hidden else None
-            logits = torch.cat([r.logits for r in requests], dim=1) if with_logits else None
         else:
             batch = prompts.select(rows)
             batch["input_ids"] = torch.cat([batch["input_ids"], completion_ids], dim=1)
@@ -472,16 +472,14 @@ class Policy:
             # The last T + 1 positions: position P - 1 + t predicts completion token t (the last is unused).
             with route_output_head(self.model, request(completion_ids, None, kl_hidden)) as req:
                 values = self.model(**batch, logits_to_keep=T + 1, use_cache=False).logits
-            hidden, logits = req.hidden, req.logits
+            hidden = req.hidden
         columns = request(completion_ids, None, kl_hidden).columns
         result = {name: values[..., k] for k, name in enumerate(columns)}
-        for name in ("entropy", "sym_kl"):  # columns without a gradient of their own
-            if name in result and not (name == "entropy" and entropy_grad):
+        for name in columns[1:]:  # columns without a gradient of their own
+            if not (name == "entropy" and entropy_grad):
                 result[name] = result[name].detach()
         if keep_hidden:
             result["hidden"] = hidden
-        if with_logits:
-            result["logits"] = logits
         return result
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
