@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from perceptrl.models.kv_cache import cache_kwargs, output_cache
 from perceptrl.models.logits import HeadRequest, VocabReduction, route_output_head
-from perceptrl.models.sampling import gumbel_argmax
+from perceptrl.models.precision import autocast as precision_autocast
+from perceptrl.models.sampling import GumbelSampler, gumbel_argmax, sample_categorical, sample_top_p, top_p_filter
 
 # Tokens a model must never sample: they mark image positions in the prompt.
 VISION_SPECIAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<image>", "<video>")
@@ -164,7 +165,7 @@ class Policy:
         self.fast_generation = supported
         self.share_prompt_prefix = supported
         # Top-p filtering of batch-invariant sampling through a threshold on numpy-sorted values
-        # (``_top_p_filter_threshold``: the same tokens kept, bit for bit); False: torch.sort + scatter.
+        # (``top_p_filter_threshold``: the same tokens kept, bit for bit); False: torch.sort + scatter.
         self.fast_top_p = True
         # Pixel bounds applied to images in ``encode`` (processors that do not take them): set_pixel_bounds.
         self.pixel_bounds: tuple[int | None, int | None] = (None, None)
@@ -180,9 +181,7 @@ class Policy:
 
     def autocast(self):
         """The context every forward of this policy runs in: autocast to ``compute_dtype``, if set."""
-        from perceptrl.models.precision import autocast
-
-        return autocast(self.device, self.compute_dtype)
+        return precision_autocast(self.device, self.compute_dtype)
 
     def _stop_token_ids(self) -> list[int]:
         """The end-of-turn token, then the ids of the model's ``generation_config.eos_token_id`` (int or list)."""
@@ -298,8 +297,6 @@ class Policy:
             output_logits=return_logprobs,
         )
         if do_sample and row_seeds is not None:  # argmax of Gumbel-perturbed scores = a sample
-            from perceptrl.models.sampling import GumbelSampler
-
             sampler = GumbelSampler(row_seeds, prompts.prompt_length, temperature, top_p)
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=[sampler])
         elif do_sample:
@@ -374,12 +371,12 @@ class Policy:
                     scores = scores / temperature
                 if row_seeds is not None:
                     if top_p < 1.0:
-                        scores = _top_p_filter(scores, top_p, fast=self.fast_top_p)
+                        scores = top_p_filter(scores, top_p, fast=self.fast_top_p)
                     next_token = gumbel_argmax(scores, row_seeds, step)
                 elif top_p < 1.0:
-                    next_token = _sample_top_p(scores.softmax(-1), top_p)
+                    next_token = sample_top_p(scores.softmax(-1), top_p)
                 else:
-                    next_token = _sample_categorical(scores.softmax(-1))
+                    next_token = sample_categorical(scores.softmax(-1))
             else:
                 next_token = scores.argmax(-1)
             next_token = torch.where(unfinished, next_token, torch.full_like(next_token, self.pad_token_id))
@@ -532,34 +529,6 @@ def _eval_mode(model):
         model.train(was_training)
 
 
-def _sample_categorical(probs: torch.Tensor) -> torch.Tensor:
-    """One index per row of ``probs`` ``[R, V]`` (inverse CDF; much faster than ``torch.multinomial`` on CPU).
-
-    ``u`` is scaled by the row's total so that rounding never lands past the last token, and the
-    first index whose CDF exceeds ``u`` never has probability 0.
-    """
-    cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
-
-
-def _sample_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Sample from ``probs`` ``[R, V]`` restricted to its top-p nucleus, renormalised.
-
-    The nucleus is the one of ``transformers``' ``TopPLogitsWarper``: a token is kept when the
-    probability of the tokens more probable than it is below ``top_p`` (so at least the most
-    probable one). One sort, one cumulative sum and an inverse-CDF draw inside the nucleus,
-    instead of filtering the logits and taking a second softmax.
-    """
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-    cdf = sorted_probs.cumsum(-1)
-    kept = ((cdf - sorted_probs) < top_p).sum(-1, keepdim=True).clamp_(min=1)  # nucleus size per row
-    mass = cdf.gather(-1, kept - 1)
-    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * mass
-    pick = torch.minimum(torch.searchsorted(cdf, u, right=True), kept - 1)
-    return order.gather(-1, pick).squeeze(1)
-
-
 @functools.lru_cache(maxsize=None)
 def _growing_layer_class():
     from transformers.cache_utils import DynamicLayer
@@ -616,66 +585,6 @@ def _preallocate(cache, extra: int):
         if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.numel():
             layers[i] = _growing_layer_class()(layer, extra)
     return cache
-
-
-def _top_p_filter(scores: torch.Tensor, top_p: float, fast: bool = True) -> torch.Tensor:
-    """Keep the smallest set of most probable tokens whose probabilities sum to ``top_p`` (as HF's warper).
-
-    ``scores`` ``[R, V]``. Returns a new tensor with the other tokens at ``-inf`` (``scores`` itself
-    when ``top_p >= 1``: nothing is filtered). ``fast`` (CPU float tensors): the same result, bit for
-    bit, from :func:`_top_p_filter_threshold`; otherwise :func:`_top_p_filter_sorted`, the plain one.
-    """
-    if top_p >= 1.0:
-        return scores
-    if fast:
-        out = _top_p_filter_threshold(scores, top_p)
-        if out is not None:
-            return out
-    return _top_p_filter_sorted(scores, top_p)
-
-
-def _top_p_filter_sorted(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """The plain nucleus filter (``transformers``' ``TopPLogitsWarper``): sort, cumulate, scatter back."""
-    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - top_p)
-    remove[..., -1:] = False  # keep at least one token
-    return scores.masked_fill(remove.scatter(1, sorted_indices, remove), -float("inf"))
-
-
-def _top_p_filter_threshold(scores: torch.Tensor, top_p: float) -> torch.Tensor | None:
-    """:func:`_top_p_filter_sorted`'s result through a value threshold; None where it does not apply.
-
-    The plain filter removes the ``k`` smallest logits of a row, ``k`` being the number of ascending
-    cumulative probabilities ``<= 1 - top_p`` (a prefix: the cumulative sum never decreases). That
-    only needs the sorted *values*: ``numpy.sort`` gives exactly the values ``torch.sort`` gives
-    (a sorted sequence is unique) and is 15-20x faster on CPU (0.03 vs 0.54 ms for 64 x 264,
-    41 vs 700 ms for 64 x 151k), so the softmax and cumulative sum below are bit for bit the plain
-    filter's, hence ``k`` too. The removed tokens are then those below the ``k``-th smallest
-    value, with no scatter of sorted indices back. When a row's boundary falls between tied values,
-    which of them the plain filter removes depends on the order its (unstable) sort put them in:
-    those rows go through the plain filter. None (the plain filter for all) for scores with a NaN,
-    on another device than the CPU, or of another dtype than float32/float64.
-    """
-    if (scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.float64) or scores.dim() != 2
-            or scores.requires_grad or scores.shape[-1] < 2):
-        return None
-    import numpy as np
-
-    sorted_logits = torch.from_numpy(np.sort(scores.numpy(), axis=-1))  # ascending; NaN last, as torch.sort
-    if bool(sorted_logits[:, -1].isnan().any()):
-        return None
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - top_p)
-    remove[..., -1:] = False  # keep at least one token
-    k = remove.sum(-1, keepdim=True)  # the k smallest are removed
-    threshold = sorted_logits.gather(-1, k)  # the smallest value kept
-    out = scores.masked_fill(scores < threshold, -float("inf"))
-    split_tie = (k > 0) & (sorted_logits.gather(-1, (k - 1).clamp_(min=0)) == threshold)
-    if bool(split_tie.any()):
-        rows = split_tie.squeeze(-1).nonzero().squeeze(-1)
-        out[rows] = _top_p_filter_sorted(scores[rows], top_p)  # each row is sorted on its own
-    return out
 
 
 def completion_mask(ids: torch.Tensor, eos_token_id: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
