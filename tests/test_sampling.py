@@ -130,6 +130,20 @@ def test_engines(tiny_policy, encoded):
             build_engine("vllm", tiny_policy, ModelConfig(path="/models/x"))
 
 
+def test_generation_in_batches_gives_the_same_completions(tiny_policy, encoded):
+    """rollout.generation_batch_size bounds the rows generated at once; batch-invariant sampling makes
+    the completions (and their padding to the longest) the same as one call's."""
+    from perceptrl.models.engines import HFEngine
+
+    rows = torch.tensor([0, 0, 1, 1, 0, 1, 1])
+    seeds = torch.arange(7, dtype=torch.int64) * 7919 + 5
+    whole = HFEngine(tiny_policy).generate(encoded, rows, 12, 1.0, 0.9, seeds)
+    split = HFEngine(tiny_policy, generation_batch_size=3).generate(encoded, rows, 12, 1.0, 0.9, seeds)
+    for key in ("ids", "mask", "rows", "truncated"):
+        assert torch.equal(getattr(whole, key), getattr(split, key)), key
+    assert whole.mask.sum(-1).min() < whole.ids.shape[1]  # some rows ended early: the padding was exercised
+
+
 def _top_p_cases():
     """Logits that exercise every branch of the threshold filter: plain, tied at the boundary, -inf, inf."""
     g = torch.Generator().manual_seed(0)

@@ -87,6 +87,7 @@ class RolloutConfig:
     vllm_sleep: bool = True  # vllm: free its GPU memory during the update (sleep mode: CUDA/ROCm; elsewhere a notice)
     vllm_max_model_len: int | None = None  # vllm: context window (prompt + completion); None = the model's own limit
     vllm_enforce_eager: bool | None = None  # vllm: no CUDA graphs / torch.compile; None = eager on CPU only
+    generation_batch_size: int | None = None  # hf: completions generated at once per device (bounds the KV cache); null: all
     tis_cap: float | None = None  # truncated IS of the rollout/training mismatch: weight cap (TRL 3, verl 2); null = off
 
 
@@ -698,6 +699,7 @@ def _rollout_engine_checks(config: Config) -> list[tuple[bool, str]]:
         (0 < r.vllm_gpu_memory_utilization <= 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1]"),
         (r.vllm_max_model_len is None or r.vllm_max_model_len > r.max_new_tokens,
          "rollout.vllm_max_model_len must be null or > rollout.max_new_tokens (it holds prompt and completion)"),
+        (r.generation_batch_size is None or r.generation_batch_size >= 1, "rollout.generation_batch_size must be >= 1 or null"),
         (r.tis_cap is None or r.tis_cap >= 1, "rollout.tis_cap must be null (off) or >= 1 (TRL uses 3, verl 2)"),
     ]
 

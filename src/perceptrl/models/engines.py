@@ -24,15 +24,28 @@ from perceptrl.models.policy import Completions, EncodedPrompts, Policy
 
 
 class HFEngine:
-    """Hugging Face generation through :meth:`Policy.generate` (shared prompt cache, batch-invariant)."""
+    """Hugging Face generation through :meth:`Policy.generate` (shared prompt cache, batch-invariant).
 
-    def __init__(self, policy: Policy):
+    ``generation_batch_size``: at most this many completions are generated at once (their key/value
+    cache is preallocated together: at 7B and 2,048 new tokens, 240 rows take ~46 GB); None: all of
+    the step's rows in one call. With batch-invariant sampling (``row_seeds``) the completions are the
+    same whatever the split.
+    """
+
+    def __init__(self, policy: Policy, generation_batch_size: int | None = None):
         self.policy = policy
+        self.generation_batch_size = generation_batch_size
 
     def generate(self, encoded: EncodedPrompts, rows, max_new_tokens: int, temperature: float, top_p: float,
                  row_seeds: torch.Tensor | None = None, *, texts=None, images=None) -> Completions:
-        return self.policy.generate(encoded, rows, max_new_tokens, temperature=temperature, top_p=top_p,
-                                    row_seeds=row_seeds)
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        size = self.generation_batch_size or len(rows)
+        parts = []
+        for start in range(0, len(rows), max(size, 1)):
+            seeds = None if row_seeds is None else row_seeds[start : start + size]
+            parts.append(self.policy.generate(encoded, rows[start : start + size], max_new_tokens,
+                                              temperature=temperature, top_p=top_p, row_seeds=seeds))
+        return parts[0] if len(parts) == 1 else concat_completions(parts, self.policy.pad_token_id)
 
     def sync_weights(self) -> None:
         """Nothing to do: generation runs on the training model."""
@@ -41,10 +54,24 @@ class HFEngine:
         """Nothing to free: the training model is the engine."""
 
 
+def concat_completions(parts: list[Completions], pad_token_id: int) -> Completions:
+    """Completions of several generate calls, in order, right-padded to the longest."""
+    length = max(part.ids.shape[1] for part in parts)
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
+
+    logprobs = None if any(p.logprobs is None for p in parts) else torch.cat([pad(p.logprobs, 0.0) for p in parts])
+    return Completions(
+        ids=torch.cat([pad(p.ids, pad_token_id) for p in parts]), mask=torch.cat([pad(p.mask, 0) for p in parts]),
+        rows=torch.cat([p.rows for p in parts]), truncated=torch.cat([p.truncated for p in parts]), logprobs=logprobs,
+    )
+
+
 def build_engine(name: str, policy: Policy, model_cfg=None, rollout_cfg=None, seed: int = 0):
     """The engine ``rollout.engine`` names (``hf`` or ``vllm``); ``rollout_cfg`` holds the ``vllm_*`` keys."""
     if name == "hf":
-        return HFEngine(policy)
+        return HFEngine(policy, getattr(rollout_cfg, "generation_batch_size", None))
     if name == "vllm":
         if model_cfg is None:
             raise ValueError("rollout.engine: vllm needs the model config (model.path, model.dtype)")

@@ -5,13 +5,14 @@ two phases of a step. Each term models what perceptrl's code does (``perceptrl.t
 ``perceptrl.train.distributed``, ``perceptrl.models.policy``); where the code is about to change, the
 assumption is a named constant here and is printed with the plan.
 
-**Precision** (:func:`training_precision`). One process: no ``accelerate`` wrapper; parameters,
-gradients and both AdamW moments are in ``model.dtype`` (``torch.optim.AdamW`` keeps its state in the
-parameter's dtype). Several processes run FSDP2 as ``configs/accelerate/fsdp.yaml`` sets it up:
-``mixed_precision: bf16`` makes accelerate upcast every trainable parameter to float32 before
-``fully_shard`` (sharded fp32 master weights, fp32 gradients, fp32 AdamW state) and compute in bf16;
-frozen parameters stay in ``model.dtype``. LoRA adapters are float32 (peft's default
-``autocast_adapter_dtype``).
+**Precision** (:func:`training_precision`; ``perceptrl.models.precision``). ``model.dtype: bfloat16``
+means bf16 *compute*: trainable parameters, their gradients and both AdamW moments are float32 (16 B
+per trainable parameter), frozen parameters and the KL reference are stored in bf16. One process
+computes under ``torch.autocast``, which keeps a bf16 copy of every trained weight while a forward's
+graph (or the generation loop) is alive (``autocast_copies``, 2 B per trainable parameter). Several
+processes run FSDP2 as ``configs/accelerate/fsdp.yaml`` sets it up: ``mixed_precision: bf16`` shards
+the float32 parameters and gathers bf16 copies unit by unit (``update_working_set``). LoRA adapters
+are float32 (peft's default ``autocast_adapter_dtype``).
 
 **Terms** (per device; ``P`` parameters, ``P_t`` trainable, ``N`` devices):
 
@@ -20,13 +21,15 @@ frozen parameters stay in ``model.dtype``. LoRA adapters are float32 (peft's def
 - ``gradients``: ``P_t x grad / N`` (sharded after each reduce-scatter; 0 with offload). They exist only
   during the update: the loop sets them to None after every optimizer step.
 - ``adamw_state``: ``P_t x 2 moments x state / N`` (0 with offload).
+- ``autocast_copies``: one process, bf16/fp16 compute: ``P_t x 2`` (see Precision); 0 under FSDP2.
 - ``reference_model``: ``P x dtype`` when ``algorithm.kl_beta > 0``: an unsharded frozen copy on every
   device (``perceptrl.models.loading.frozen_copy``); LoRA uses the base with the adapter off (0).
 - ``rollout_weights``: with ``N > 1`` the rollout runs on gathered weights
   (``Distributed.full_weights``: every FSDP2 unit unsharded in bf16 at once): ``P x 2``. In one process
   the resident weights are used as they are (0).
-- ``kv_cache``: generation preallocates keys and values for every completion of the device at once
-  (``Policy._sample``): ``rows x (prompt + max_new_tokens) x layers x 2 x kv_heads x head_dim x 2 B``.
+- ``kv_cache``: generation preallocates keys and values for the completions it generates at once
+  (``Policy._sample``; all of the device's, or ``rollout.generation_batch_size``):
+  ``rows x (prompt + max_new_tokens) x layers x 2 x kv_heads x head_dim x 2 B``.
 - ``sampling_buffers``: the sampler's per-step ``[rows, V]`` temporaries (a float32 copy of the
   logits, the top-p filter, float64 Gumbel noise and sum): about ``32 B x rows x V``.
 - ``update_working_set``: under FSDP2 the unit being computed and the next one are unsharded in bf16,
@@ -44,16 +47,19 @@ frozen parameters stay in ``model.dtype``. LoRA adapters are float32 (peft's def
   recomputed at a time. The final norm and the hidden states fed to the head add ``12 h``. The vision
   tower, when trained, keeps the same per patch with its own widths (``kv = h``: full multi-head
   attention), one image per row (under FSDP2 every row runs its own prompt); frozen, it keeps nothing.
-- ``logprob_chunk``: the head's logits and their float32 log-softmax. Assumed (``LOGPROB_PATH``):
-  computed in bounded chunks of ``LOGITS_CHUNK_TOKENS`` tokens (the issue-13 change, as verl's
-  ``entropy_from_logits_with_chunking``): ``chunk x V x 14 B`` (bf16 logits, float32 copy, log-softmax
-  and its exponential). The code before that change keeps ``b x T x V x 6 B`` for the backward pass
-  (bf16 logits and the float32 log-softmax of every row) plus one 16-row float32 block:
-  :func:`logprob_bytes` gives both.
+- ``logprob_chunk``: the output head computes log-probs (and entropy) chunk by chunk inside the
+  forward and recomputes each chunk in backward (``perceptrl.models.logits``); one chunk of
+  ``perceptrl.models.logits.chunk_tokens(b x T, V, h)`` tokens is alive at a time, about
+  ``10 B x chunk x V`` (bf16 logits, their float32 softmax and the gradient block; measured by
+  ``perceptrl bench --sections memory``). The path before it (``path="full"``) kept
+  ``b x T x V x 6 B`` for the backward pass plus one 16-row float32 block: :func:`logprob_bytes`
+  gives both.
 
-**Phases.** Rollout peak = weights + AdamW state + reference + rollout weights + KV cache + sampling
-buffers. Update peak = weights + AdamW state + reference + gradients + working set + activations +
-log-prob chunk. Not counted: the CUDA context and allocator fragmentation (typically 3-6 GB), NCCL
+**Phases.** Rollout peak = weights + AdamW state + autocast copies + reference + rollout weights +
+KV cache + sampling buffers. Update peak = weights + AdamW state + autocast copies + reference +
+gradients + working set + activations + log-prob chunk. Checked against a measurement: the GPU check
+(``benchmarks/gpu_check.py``: 3B, one H200, 16 x 5 x 512 tokens, micro-batch 8) peaked at 77.1 GiB
+allocated; ``tests/test_memory_estimate.py`` holds the estimate of that run to it. Not counted: the CUDA context and allocator fragmentation (typically 3-6 GB), NCCL
 buffers, the vision tower's no-gradient forward during prefill, and evaluation.
 """
 
@@ -63,9 +69,8 @@ from dataclasses import dataclass, field
 
 GIB = 1024**3
 BF16 = 2
-LOGPROB_PATH = "chunked"  # "chunked" (issue 13: bounded blocks) | "full" (before it: every row's log-softmax kept)
-LOGITS_CHUNK_TOKENS = 2048  # tokens per float32 logits block on the chunked path (verl's chunk size)
-FULL_PATH_CHUNK_ROWS = 16  # rows upcast at a time on the full path (Policy.score_chunk_rows)
+CHUNK_BYTES_PER_LOGIT = 10  # bf16 logits + float32 softmax + gradient block, per (token, vocabulary entry)
+FULL_PATH_CHUNK_ROWS = 16  # rows upcast at a time on the path before the chunked head
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -134,13 +139,13 @@ def training_precision(model_dtype: str, n_gpus: int, lora: bool = False) -> Pre
     if lora:
         return Precision(4, dtype, 4, 4, "LoRA adapters, their gradients and AdamW state in float32; frozen base in "
                                           f"{model_dtype}")
-    if n_gpus == 1 or model_dtype == "float32":
-        return Precision(dtype, dtype, dtype, dtype,
-                         f"one process, no mixed precision: weights, gradients and AdamW state in {model_dtype}"
-                         if n_gpus == 1 else "float32 weights, gradients and AdamW state")
+    if model_dtype == "float32":
+        return Precision(4, 4, 4, 4, "float32 weights, gradients and AdamW state, float32 compute")
+    if n_gpus == 1:
+        return Precision(4, dtype, 4, 4, f"one process: float32 master weights, gradients and AdamW state, "
+                                         f"{model_dtype} compute under autocast (perceptrl.models.precision)")
     return Precision(4, dtype, 4, 4, "FSDP2 with accelerate mixed_precision bf16 (configs/accelerate/fsdp.yaml): "
-                                     "trainable weights upcast to float32 master shards, float32 gradients and "
-                                     "AdamW state, bf16 compute")
+                                     "float32 master shards, float32 gradients and AdamW state, bf16 compute")
 
 
 def text_layer_bytes_per_token(hidden: int, kv_dim: int, intermediate: int) -> int:
@@ -148,10 +153,12 @@ def text_layer_bytes_per_token(hidden: int, kv_dim: int, intermediate: int) -> i
     return 30 * hidden + 6 * kv_dim + 8 * intermediate
 
 
-def logprob_bytes(rows: int, tokens: int, vocab: int, path: str = LOGPROB_PATH) -> int:
+def logprob_bytes(rows: int, tokens: int, vocab: int, hidden: int, path: str = "chunked") -> int:
     """Peak bytes of the head's logits and float32 log-probs for one micro-batch of ``rows`` x ``tokens``."""
     if path == "chunked":
-        return min(LOGITS_CHUNK_TOKENS, rows * tokens) * vocab * 14
+        from perceptrl.models.logits import chunk_tokens
+
+        return chunk_tokens(rows * tokens, vocab, hidden) * vocab * CHUNK_BYTES_PER_LOGIT
     return rows * tokens * vocab * 6 + min(FULL_PATH_CHUNK_ROWS, rows) * tokens * vocab * 8
 
 
@@ -189,7 +196,7 @@ class MemoryEstimate:
 
     @property
     def resident(self) -> int:
-        return self._sum(("weights", "adamw_state", "reference_model"))
+        return self._sum(("weights", "adamw_state", "autocast_copies", "reference_model"))
 
     @property
     def rollout_peak(self) -> int:
@@ -219,13 +226,14 @@ def estimate_memory(shape: ModelShape, work: Workload, n_gpus: int, offload: boo
         "weights": on_gpu * (shape.trainable_params * prec.master + frozen * prec.frozen) // n_gpus,
         "gradients": on_gpu * shape.trainable_params * prec.grad // n_gpus,
         "adamw_state": on_gpu * shape.trainable_params * 2 * prec.state // n_gpus,
+        "autocast_copies": shape.trainable_params * BF16 if n_gpus == 1 and work.model_dtype != "float32" else 0,
         "reference_model": shape.total_params * dtype if work.reference_model else 0,
         "rollout_weights": shape.total_params * BF16 if sharded and work.generates else 0,
         "kv_cache": work.generation_rows * work.sequence_tokens * shape.kv_bytes_per_token if work.generates else 0,
         "sampling_buffers": work.generation_rows * shape.vocab * 32 if work.generates else 0,
         "update_working_set": (shape.root_params * 4 + 3 * shape.largest_unit_params * BF16) if sharded else 0,
         "activations": activation_bytes(shape, work),
-        "logprob_chunk": logprob_bytes(work.micro_batch_rows, work.response_tokens, shape.vocab),
+        "logprob_chunk": logprob_bytes(work.micro_batch_rows, work.response_tokens, shape.vocab, shape.hidden),
     }
     return MemoryEstimate(n_gpus, offload, prec, terms)
 

@@ -237,6 +237,8 @@ def workload(config: Config, shape: ModelShape, plan: Plan, n_gpus: int, sft: bo
                         plan.pixels, False, False, config.model.dtype, generates=False)
     round_prompts = (f.round_prompts or d.rollout_batch_size) if f.dynamic_sampling else d.rollout_batch_size
     gen_rows = math.ceil(round_prompts / n_gpus) * plan.completions_per_prompt
+    if config.rollout.generation_batch_size:  # the HF engine generates at most this many at once
+        gen_rows = min(gen_rows, config.rollout.generation_batch_size)
     mini_rows = math.ceil((t.global_batch_size or d.rollout_batch_size) / n_gpus) * plan.completions_per_prompt
     reference = config.algorithm.kl_beta > 0 and not shape.lora
     return Workload(gen_rows, plan.prompt_tokens, config.rollout.max_new_tokens, min(t.micro_batch_size, mini_rows),
@@ -252,7 +254,8 @@ def _fmt(value: int, unit: int) -> str:
     return f"{value / unit:.1f}"
 
 
-COLUMNS = (("weights", "weights"), ("grads", "gradients"), ("adamw", "adamw_state"), ("ref", "reference_model"),
+COLUMNS = (("weights", "weights"), ("grads", "gradients"), ("adamw", "adamw_state"), ("cast", "autocast_copies"),
+           ("ref", "reference_model"),
            ("gen_w", "rollout_weights"), ("kv", "kv_cache"), ("sample", "sampling_buffers"),
            ("units", "update_working_set"), ("act", "activations"), ("logp", "logprob_chunk"))
 
@@ -290,7 +293,8 @@ def _memory_lines(plan: Plan) -> list[str]:
         cells = " ".join(f"{_fmt(est.terms[key], unit):>7}" for _, key in COLUMNS)
         lines.append(f"  {est.n_gpus:>4} {'yes' if est.offload else 'no':>7} {cells} | "
                      f"{_fmt(est.rollout_peak, unit):>7} {_fmt(est.update_peak, unit):>7} {_fmt(est.peak, unit):>7}")
-    lines.append("  columns: weights, gradients and AdamW state as stored (sharded over N); ref: reference model "
+    lines.append("  columns: weights, gradients and AdamW state as stored (sharded over N); cast: bf16 copies autocast "
+                 "keeps (one process); ref: reference model "
                  "(kl_beta > 0); gen_w: weights gathered for the rollout; kv: generation key/value cache; sample: "
                  "sampler buffers; units: FSDP2 units unsharded in the update; act: activations of one micro-batch; "
                  "logp: the head's logits and log-probs; rollout, update: the peaks of the two phases of a step")
@@ -301,8 +305,8 @@ def _memory_lines(plan: Plan) -> list[str]:
             f"term is {term} ({_fmt(widest.terms[term], unit)} {name})")
     if term == "kv_cache":
         rows = workload(plan.config, plan.shape, plan, widest.n_gpus, False).generation_rows
-        line += (f": the rollout generates the device's {rows:,} completions at once, with their key/value cache "
-                 f"preallocated (Policy._sample)")
+        line += (f": the rollout generates {rows:,} completions at once, with their key/value cache preallocated "
+                 f"(Policy._sample); rollout.generation_batch_size lowers it")
     lines.append(line)
     if plan.host_offload:
         lines.append(f"  offload: the shards of weights, gradients and AdamW state take "
@@ -320,10 +324,8 @@ def _assumption_lines(plan: Plan) -> list[str]:
     for note, counts in notes.items():
         label = "1 GPU" if set(counts) == {1} else f"{min(counts)}-{max(counts)} GPUs"
         lines.append(f"  - {label}: {note}")
-    if memory.LOGPROB_PATH == "chunked":
-        lines.append(f"  - log-probs: logits in blocks of {memory.LOGITS_CHUNK_TOKENS:,} tokens (the bounded path of "
-                     f"issue 13); the path before it keeps the float32 log-probs of the whole micro-batch: "
-                     f"{_fmt(full_logprob(plan), unit)} {name}")
+    lines.append(f"  - log-probs: computed inside the output head chunk by chunk (perceptrl.models.logits); keeping "
+                 f"the micro-batch's whole logits instead would take {_fmt(full_logprob(plan), unit)} {name}")
     lines.append(f"  - update micro-batch: {plan_micro_rows(plan)} rows of {plan.prompt_tokens + r.max_new_tokens:,} "
                  f"tokens (train.micro_batch_size {c.train.micro_batch_size}), gradient checkpointing "
                  f"{'on' if c.model.gradient_checkpointing and plan.command != 'sft' else 'off'}")
@@ -359,7 +361,8 @@ def plan_micro_rows(plan: Plan) -> int:
 
 def full_logprob(plan: Plan) -> int:
     rows = plan_micro_rows(plan)
-    return memory.logprob_bytes(rows, plan.config.rollout.max_new_tokens, plan.shape.vocab, path="full")
+    return memory.logprob_bytes(rows, plan.config.rollout.max_new_tokens, plan.shape.vocab, plan.shape.hidden,
+                                path="full")
 
 
 def dry_run(config: Config, command: str = "train", source: str = "") -> str:
