@@ -38,10 +38,12 @@ def reference_head_stats(head, forward, hidden, request: HeadRequest):
     if request.entropy:
         with torch.set_grad_enabled(request.entropy_grad and torch.is_grad_enabled()):
             columns.append(-(log_probs.exp() * log_probs).sum(-1))
-    if request.other_hidden is not None:
+    if request.reduce is not None:
         with torch.no_grad():
-            q = (forward(request.other_hidden).float() / request.temperature).log_softmax(-1)
-            columns.append(0.5 * ((log_probs.exp() - q.exp()) * (log_probs - q)).sum(-1))
+            q = None
+            if request.other_hidden is not None:
+                q = (forward(request.other_hidden).float() / request.temperature).log_softmax(-1)
+            columns.extend(request.reduce(log_probs.detach(), q))
     return torch.stack(columns, -1)
 
 
@@ -181,6 +183,10 @@ def test_no_gradient_path_equals_gradient_path_and_sym_kl(reference):
     torch.testing.assert_close(kl, ref, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(kl, direct, atol=1e-6, rtol=1e-5)
     assert (kl[mask.bool()] > 0).all()
+    # with gradient enabled (a second, no-grad pass over the chunks): the same values
+    graded = policy.score(enc, rows, ids, mask, temperature=0.7, kl_hidden=other)
+    assert graded["logprobs"].requires_grad and not graded["sym_kl"].requires_grad
+    torch.testing.assert_close(graded["sym_kl"], kl, atol=1e-6, rtol=1e-5)
 
 
 def test_chunk_rule():
@@ -252,23 +258,58 @@ def test_backward_keeps_no_vocabulary_sized_tensor():
     assert math.isfinite(float(out["logprobs"].detach().sum()))
 
 
-def test_whole_logits_on_request_without_gradient_only():
-    """``with_logits`` (the token-signal pieces reduce them themselves, a few rows at a time): the head's
-    own logits, both paths; refused where a gradient would keep them alive."""
-    model, processor = build_tiny_family("qwen2_5_vl", seed=0)
+class _VocabSizedTensors(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every tensor an op creates with a dimension of size ``vocab`` (views of parameters aside): its shape,
+    and a weak reference to it (to see whether anything outlives the call)."""
+
+    def __init__(self, vocab: int, parameters):
+        super().__init__()
+        self.vocab, self.shapes, self.refs = vocab, [], []
+        self.params = {p.untyped_storage().data_ptr() for p in parameters}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import weakref
+
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else [out]):
+            if (torch.is_tensor(t) and self.vocab in t.shape
+                    and t.untyped_storage().data_ptr() not in self.params):
+                self.shapes.append(tuple(t.shape))
+                self.refs.append(weakref.ref(t))
+        return out
+
+
+def test_token_signal_reductions_hold_one_chunk_of_vocabulary_at_a_time():
+    """The token-level methods' full-vocabulary quantities (VEPO's JSD and both entropies, VPPO's full
+    KL, ToR's top-p entropy) at Qwen2.5-VL's vocabulary: no tensor with a vocabulary dimension is
+    larger than one chunk of tokens, and none outlives the scoring (the two [rows, T, V] logits blocks
+    that the pieces used to hold would fail both)."""
+    from types import SimpleNamespace
+
+    from perceptrl.models.real_shape import build_real_shape
+    from perceptrl.train.token_pieces import RemoveImage, TokenSignal
+
+    model, processor = build_real_shape(seed=0)
     policy = Policy(model.eval(), processor)
-    enc, rows, ids, mask = _case(policy)
-    got = {}
-    for shared in (True, False):
-        policy.share_prompt_prefix = shared
-        with torch.no_grad():
-            got[shared] = policy.score(enc, rows, ids, mask, with_logits=True)
-    m = mask.bool()
-    torch.testing.assert_close(got[True]["logits"][m], got[False]["logits"][m], atol=1e-4, rtol=1e-4)
-    lp = got[False]["logits"].float().log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(lp[m], got[False]["logprobs"][m])
-    with pytest.raises(RuntimeError, match="without gradient"):
-        policy.score(enc, rows, ids, mask, with_logits=True)
+    vocab = model.config.text_config.vocab_size
+    rows, T = 2, 32
+    enc = policy.encode(["How many?", "How many?"], [_images(1), []])  # prompt 1: the image removed
+    ids = torch.randint(0, 151_643, (rows, T), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    chunk = chunk_tokens(rows * T, vocab, model.config.text_config.hidden_size)
+    assert chunk < rows * T
+    for metric in ("vepo", "kl_full"):
+        piece = TokenSignal(metric, RemoveImage(), False, micro_batch_size=rows, temperature=0.9,
+                            need_entropy=True, entropy_top_p=0.9)
+        watch = _VocabSizedTensors(vocab, model.parameters())
+        with torch.no_grad(), watch:
+            out = piece._score(policy, SimpleNamespace(prompts=enc), torch.zeros(rows, dtype=torch.long),
+                               torch.ones(rows, dtype=torch.long), ids, mask)
+        assert watch.shapes  # the head's chunks were seen
+        assert max(math.prod(shape) for shape in watch.shapes) <= chunk * vocab, max(watch.shapes)
+        assert all(ref() is None for ref in watch.refs)
+        assert all(v.shape == (rows, T) and torch.isfinite(v).all() for v in out.values())
+        assert (out["signal"] > 0).any() and (out["entropy"] > 0).all()
 
 
 def test_memory_bench_section_runs(tmp_path):

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from perceptrl.models.families import FAMILY_NAMES, build_tiny_family
-from perceptrl.models.policy import Policy, _sample_categorical, _sample_top_p, _top_p_filter
+from perceptrl.models.policy import Policy
+from perceptrl.models.sampling import sample_categorical, sample_top_p, top_p_filter
 
 
 @pytest.fixture(scope="module", params=FAMILY_NAMES)
@@ -93,13 +94,13 @@ def test_top_p_filter_matches_transformers():
     scores = torch.randn(5, 50) * 3
     for top_p in (0.3, 0.9, 0.99):
         expected = TopPLogitsWarper(top_p)(None, scores.clone())
-        assert torch.equal(_top_p_filter(scores.clone(), top_p), expected)
+        assert torch.equal(top_p_filter(scores.clone(), top_p), expected)
 
 
 def test_categorical_sampler_distribution_and_zero_probabilities():
     torch.manual_seed(0)
     probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0]]).repeat(20000, 1)
-    draws = _sample_categorical(probs)
+    draws = sample_categorical(probs)
     counts = torch.bincount(draws, minlength=6).float() / len(draws)
     assert counts[[0, 2, 5]].sum() == 0
     assert torch.allclose(counts, probs[0], atol=0.015)
@@ -113,7 +114,7 @@ def test_top_p_sampler_draws_from_the_transformers_nucleus():
     for top_p in (0.5, 0.9):
         expected = TopPLogitsWarper(top_p)(None, scores.clone()).softmax(-1)  # HF's renormalised nucleus
         probs = scores.softmax(-1)
-        draws = _sample_top_p(probs.repeat_interleave(20000, dim=0), top_p).view(3, 20000)
+        draws = sample_top_p(probs.repeat_interleave(20000, dim=0), top_p).view(3, 20000)
         for r in range(3):
             freq = torch.bincount(draws[r], minlength=12).float() / 20000
             assert (freq[expected[r] == 0] == 0).all()

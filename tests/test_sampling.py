@@ -161,33 +161,33 @@ def _top_p_cases():
 
 
 def test_threshold_top_p_filter_equals_the_sorted_filter(monkeypatch):
-    import perceptrl.models.policy as policy_module
-    from perceptrl.models.policy import _top_p_filter, _top_p_filter_sorted, _top_p_filter_threshold
+    import perceptrl.models.sampling as sampling_module
+    from perceptrl.models.sampling import top_p_filter, top_p_filter_sorted, top_p_filter_threshold
 
     fallback_rows = []
-    sorted_filter = policy_module._top_p_filter_sorted
-    monkeypatch.setattr(policy_module, "_top_p_filter_sorted",
+    sorted_filter = sampling_module.top_p_filter_sorted
+    monkeypatch.setattr(sampling_module, "top_p_filter_sorted",
                         lambda s, p: fallback_rows.append(s.shape[0]) or sorted_filter(s, p))
     checked = 0
     for scores in _top_p_cases():
         for top_p in (0.05, 0.3, 0.9, 0.95, 0.99, 0.999):
             expected = sorted_filter(scores, top_p)
-            fast = _top_p_filter_threshold(scores, top_p)
+            fast = top_p_filter_threshold(scores, top_p)
             assert fast is not None
             assert torch.equal(fast, expected), (scores.shape, top_p)  # bit for bit, -inf where the plain one has it
-            assert torch.equal(_top_p_filter(scores, top_p), expected)
+            assert torch.equal(top_p_filter(scores, top_p), expected)
             checked += 1
     assert checked == 6 * 4 * 4 * 5
     assert fallback_rows and sum(fallback_rows) < 24 * checked / 4  # split ties occur, on a few rows only
     # Not applicable: NaN, half precision, a tensor that needs gradients. top_p = 1: nothing filtered.
     x = torch.randn(3, 10)
     x[1, 4] = float("nan")
-    assert _top_p_filter_threshold(x, 0.9) is None
-    assert torch.equal(_top_p_filter(x, 0.9).isnan(), _top_p_filter_sorted(x, 0.9).isnan())
-    assert _top_p_filter_threshold(torch.randn(3, 10).bfloat16(), 0.9) is None
-    assert _top_p_filter_threshold(torch.randn(3, 10, requires_grad=True), 0.9) is None
+    assert top_p_filter_threshold(x, 0.9) is None
+    assert torch.equal(top_p_filter(x, 0.9).isnan(), top_p_filter_sorted(x, 0.9).isnan())
+    assert top_p_filter_threshold(torch.randn(3, 10).bfloat16(), 0.9) is None
+    assert top_p_filter_threshold(torch.randn(3, 10, requires_grad=True), 0.9) is None
     y = torch.randn(3, 10)
-    assert _top_p_filter(y, 1.0) is y
+    assert top_p_filter(y, 1.0) is y
 
 
 def test_fast_top_p_generates_the_same_tokens(tiny_policy, encoded):

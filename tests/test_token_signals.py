@@ -27,7 +27,9 @@ from perceptrl.algorithms.token_signals import (
     vppo_sequence_scale,
 )
 from perceptrl.config import ConfigError, TokenViewConfig, load_config
-from perceptrl.models.policy import Completions
+from perceptrl.models.families import FAMILY_NAMES, build_tiny_family
+from perceptrl.models.logits import output_head
+from perceptrl.models.policy import Completions, Policy
 from perceptrl.train.rollout import GenSpec, Rollout, collect_rollout
 from perceptrl.train.token_pieces import (
     DvrpRobustness,
@@ -334,15 +336,14 @@ def _tiny_rollout(policy, signal: TokenSignal, n_prompts=2, G=2, tokens=6):
 
 @pytest.mark.parametrize("metric", ["k3", "abs_log_ratio", "kl_full", "vepo"])
 def test_signal_piece_is_zero_for_an_identity_view_and_not_for_a_removed_image(tiny_policy, metric):
-    identity = TokenSignal(metric, make_view("clean"), False, micro_batch_size=3, temperature=1.0, chunk_rows=3,
-                           need_entropy=True)
+    identity = TokenSignal(metric, make_view("clean"), False, micro_batch_size=3, temperature=1.0, need_entropy=True)
     rollout = _tiny_rollout(tiny_policy, identity)
     identity.precompute(tiny_policy, rollout, 1)
     valid = rollout.completions.mask.bool()
     assert valid.any()
     assert torch.allclose(rollout.extra["token_signal"][valid], torch.zeros(int(valid.sum())), atol=1e-5)
     assert torch.all(rollout.extra["token_entropy"][valid] > 0)
-    removed = TokenSignal(metric, RemoveImage(), False, micro_batch_size=3, temperature=1.0, chunk_rows=3)
+    removed = TokenSignal(metric, RemoveImage(), False, micro_batch_size=3, temperature=1.0)
     rollout = _tiny_rollout(tiny_policy, removed)
     assert all(rollout.prompts.image_chunks["pixel_values"][i].shape[0] == 0
                for (p, v), i in rollout.instance_of.items() if v == "token_view")
@@ -358,3 +359,62 @@ def test_per_rollout_view_draws_one_view_per_completion(tiny_policy):
     assert len(set(rows.tolist())) == 3  # one masked instance per completion (VPPO's released code)
     piece.precompute(tiny_policy, rollout, 1)
     assert torch.isfinite(rollout.extra["token_signal"]).all()
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_full_vocabulary_signals_in_the_head_equal_whole_logits(family, rgb_images):
+    """VPPO's full KL, VEPO's JSD and entropies (hence its score) and ToR's top-p entropy, computed in
+    the output head a chunk at a time, equal the whole-logits computation the pieces did before:
+    ``[rows, T, V]`` logits of both views (the head on the same head inputs) at the sampling
+    temperature, reduced by the whole-logits functions. float32, every tiny family, shared-prompt-prefix
+    and plain scoring paths.
+
+    The default chunk (the tiny vocabulary: all tokens in one chunk) and 3-token chunks, where the
+    head's products and sums run on other shapes than the whole logits': the per-token quantities
+    stay within 1e-5 (measured: up to 3e-6 for the ~5.5-nat entropies, 7e-7 for the KL, 4e-8 for the
+    JSD; mostly bit-equal with one chunk). VEPO's score min-max normalises the entropy gap per
+    response, a range of ~0.01 over a response of the near-uniform tiny model: that turns 3e-6 into
+    up to 3e-4, so the score is compared at 1e-3 (its parts at 1e-5)."""
+    from types import SimpleNamespace
+
+    model, processor = build_tiny_family(family, seed=0)
+    policy = Policy(model.eval(), processor)
+    images = rgb_images[:2]
+    enc = policy.encode(["hi there", "what?", "hi there", "what?"], [[images[0]], [images[1]], [], []])
+    clean, view = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([2, 2, 3, 3, 3])  # view: the image removed
+    ids = torch.randint(0, 250, (5, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    t, head, rollout = 0.7, output_head(model), SimpleNamespace(prompts=enc)
+    pieces = {(metric, top_p): TokenSignal(metric, RemoveImage(), False, 5, t, need_entropy=True, entropy_top_p=top_p)
+              for metric, top_p in (("kl_full", 0.9), ("vepo", 1.0))}
+    for shared in (True, False):
+        policy.share_prompt_prefix = shared
+        with torch.no_grad():
+            policy.logits_chunk = None
+            hidden_view = policy.score(enc, view, ids, mask, keep_hidden=True)["hidden"]
+            la = head(policy.score(enc, clean, ids, mask, keep_hidden=True)["hidden"]) / t
+            lb = head(hidden_view) / t
+            jsd, h, hv = jsd_and_entropies(la, lb)
+            want = {"kl_full": full_kl(la, lb), "vepo": vepo_score(jsd, h, hv, mask, 0.7),
+                    "jsd": jsd, "entropy_gap": (hv - h).abs()}
+            for chunk in (None, 3):
+                policy.logits_chunk = chunk
+                # the head's own columns
+                reduction = TokenSignal("vepo", RemoveImage(), False, 5, t, need_entropy=True, entropy_top_p=0.9).reduction
+                got = policy.score(enc, clean, ids, mask, temperature=t, kl_hidden=hidden_view, reduce=reduction)
+                for name, ref in (("jsd", jsd), ("entropy_clean", h), ("entropy_view", hv),
+                                  ("entropy_top_p", truncated_entropy(la, 0.9))):
+                    torch.testing.assert_close(got[name], ref, atol=1e-5, rtol=0)
+                # the pieces' outputs
+                for (metric, top_p), piece in pieces.items():
+                    got = piece._score(policy, rollout, clean, view, ids, mask)
+                    where = f"{metric} top_p={top_p} shared={shared} chunk={chunk}"
+                    tol = 1e-3 if metric == "vepo" else 1e-5
+                    torch.testing.assert_close(got["signal"], want[metric], atol=tol, rtol=0, msg=where)
+                    torch.testing.assert_close(got["entropy"], truncated_entropy(la, top_p), atol=1e-5, rtol=0, msg=where)
+                    if metric == "vepo":
+                        for name in ("jsd", "entropy_gap"):
+                            torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=0, msg=f"{name} {where}")
+        assert (want["kl_full"][mask.bool()] > 1e-4).all() and (jsd[mask.bool()] > 1e-5).all()
+        assert not torch.allclose(truncated_entropy(la, 0.9), truncated_entropy(la, 1.0))  # truncation bites

@@ -8,6 +8,7 @@ from (temperature applied, vision special tokens suppressed), so the reference a
 import pytest
 import torch
 
+from perceptrl.models.logits import output_head
 from perceptrl.models.policy import Policy
 from perceptrl.rewards import get_template
 
@@ -34,7 +35,8 @@ def texts_and_images(samples, long: bool = False):
 @torch.no_grad()
 def reference_logprobs(policy: Policy, encoded, rows, ids, mask, temperature: float = 1.0) -> torch.Tensor:
     """The training model's log-probs of ``ids`` under the distribution vLLM samples from."""
-    logits = policy.score(encoded, rows, ids, mask, with_logits=True)["logits"].float() / temperature
+    hidden = policy.score(encoded, rows, ids, mask, keep_hidden=True)["hidden"]
+    logits = output_head(policy.model)(hidden).float() / temperature
     logits[..., policy.suppressed_token_ids] = -float("inf")
     return logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
 

@@ -22,7 +22,9 @@ from torch import Tensor
 __all__ = [
     "abs_log_ratio",
     "full_kl",
+    "full_kl_from_log_probs",
     "jsd_and_entropies",
+    "jsd_and_entropies_from_log_probs",
     "minmax_per_response",
     "pgpo_token_scale",
     "response_mean",
@@ -31,6 +33,7 @@ __all__ = [
     "tor_token_weights",
     "top_fraction_mask",
     "truncated_entropy",
+    "truncated_entropy_from_log_probs",
     "vepo_score",
     "vppo_sequence_scale",
 ]
@@ -68,47 +71,31 @@ def _chunks(T: int, chunk: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk, T)) for s in range(0, T, chunk)]
 
 
-def full_kl(logits: Tensor, logits_view: Tensor, chunk: int = 64) -> Tensor:
-    """Full-vocabulary ``KL(P || Q)`` per position, ``[B, T, V] x2 -> [B, T]``, ``P = softmax(logits)``.
+def full_kl_from_log_probs(lp: Tensor, lq: Tensor) -> Tensor:
+    """``KL(P || Q) = sum_v p (log p - log q)`` per row of log-probs ``[..., V] x2 -> [...]``, clamped at 0 (rounding).
 
     VPPO's paper definition of token visual dependency (arXiv 2510.09285, Eq. 3) with ``Q`` the policy
-    on the perturbed image. Computed ``chunk`` positions at a time, each upcast on its own, so no full
-    float32 ``[B, T, V]`` copy is made. Clamped at 0 (rounding).
+    on the perturbed image. ``Policy.score`` computes it in the model's output head, a chunk of tokens
+    at a time (``train/token_pieces.py``); :func:`full_kl` is the same from whole logits.
     """
-    if logits.shape != logits_view.shape:
-        raise ValueError(f"shape mismatch {tuple(logits.shape)} vs {tuple(logits_view.shape)}")
-    parts = []
-    for s, e in _chunks(logits.shape[-2], chunk):
-        lp = torch.log_softmax(_up(logits[..., s:e, :]), dim=-1)
-        lq = torch.log_softmax(_up(logits_view[..., s:e, :]), dim=-1)
-        parts.append((lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0))
-    return torch.cat(parts, dim=-1)
+    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)
 
 
-def jsd_and_entropies(logits: Tensor, logits_view: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor, Tensor]:
-    """Full-vocabulary Jensen-Shannon divergence and both entropies per position.
+def jsd_and_entropies_from_log_probs(lp: Tensor, lq: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Jensen-Shannon divergence and both entropies per row of log-probs ``[..., V] x2 -> (jsd, H(P), H(Q))``.
 
-    ``[B, T, V] x2 -> (jsd, H(P), H(Q))``, each ``[B, T]``: ``JSD = (KL(P||M) + KL(Q||M)) / 2`` with
-    ``M = (P + Q) / 2`` (VEPO, Leonnnnnn929/VEPO ``verl/utils/jsd_masking.py``
-    ``compute_jsd_and_entropy_from_logits``; they take ``log(M + 1e-8)``, we ``log M`` exactly).
-    Chunked over T like :func:`full_kl`.
+    ``JSD = (KL(P||M) + KL(Q||M)) / 2`` with ``M = (P + Q) / 2`` (VEPO, Leonnnnnn929/VEPO
+    ``verl/utils/jsd_masking.py`` ``compute_jsd_and_entropy_from_logits``; they take ``log(M + 1e-8)``,
+    we ``log M`` exactly), clamped at 0.
     """
-    if logits.shape != logits_view.shape:
-        raise ValueError(f"shape mismatch {tuple(logits.shape)} vs {tuple(logits_view.shape)}")
-    jsd, hp, hq = [], [], []
-    for s, e in _chunks(logits.shape[-2], chunk):
-        lp = torch.log_softmax(_up(logits[..., s:e, :]), dim=-1)
-        lq = torch.log_softmax(_up(logits_view[..., s:e, :]), dim=-1)
-        p, q = lp.exp(), lq.exp()
-        lm = torch.logaddexp(lp, lq) - math.log(2.0)
-        jsd.append((0.5 * (p * (lp - lm)).sum(-1) + 0.5 * (q * (lq - lm)).sum(-1)).clamp_min(0.0))
-        hp.append(-(p * lp).sum(-1))
-        hq.append(-(q * lq).sum(-1))
-    return torch.cat(jsd, -1), torch.cat(hp, -1), torch.cat(hq, -1)
+    p, q = lp.exp(), lq.exp()
+    lm = torch.logaddexp(lp, lq) - math.log(2.0)
+    jsd = (0.5 * (p * (lp - lm)).sum(-1) + 0.5 * (q * (lq - lm)).sum(-1)).clamp_min(0.0)
+    return jsd, -(p * lp).sum(-1), -(q * lq).sum(-1)
 
 
-def truncated_entropy(logits: Tensor, top_p: float = 1.0, chunk: int = 64) -> Tensor:
-    """Entropy of the top-p truncated, renormalised distribution per position, ``[B, T, V] -> [B, T]``.
+def truncated_entropy_from_log_probs(lp: Tensor, top_p: float = 1.0) -> Tensor:
+    """Entropy of the top-p truncated, renormalised distribution per row of log-probs ``[..., V] -> [...]``.
 
     The kept set is what top-p sampling draws from: the most probable tokens whose cumulative
     probability before them is below ``top_p`` (at least one). ``top_p = 1``: the full entropy. ToR's
@@ -117,18 +104,53 @@ def truncated_entropy(logits: Tensor, top_p: float = 1.0, chunk: int = 64) -> Te
     """
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    parts = []
+    if top_p < 1.0:
+        sorted_lp, _ = lp.sort(dim=-1, descending=True)
+        before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
+        lp = torch.log_softmax(sorted_lp.masked_fill(~(before < top_p), float("-inf")), dim=-1)
+    p = lp.exp()
+    return -(p * torch.where(p > 0, lp, torch.zeros_like(lp))).sum(-1)
+
+
+def _log_softmax_chunks(logits: Tensor, chunk: int):
+    """``log_softmax`` of ``[..., T, V]`` logits, ``chunk`` positions at a time, each upcast on its own."""
     for s, e in _chunks(logits.shape[-2], chunk):
-        lp = torch.log_softmax(_up(logits[..., s:e, :]), dim=-1)
-        if top_p < 1.0:
-            sorted_lp, _ = lp.sort(dim=-1, descending=True)
-            before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
-            kept = before < top_p
-            sorted_lp = sorted_lp.masked_fill(~kept, float("-inf"))
-            lp = torch.log_softmax(sorted_lp, dim=-1)
-        p = lp.exp()
-        parts.append(-(p * torch.where(p > 0, lp, torch.zeros_like(lp))).sum(-1))
+        yield torch.log_softmax(_up(logits[..., s:e, :]), dim=-1)
+
+
+def _same_shape(logits: Tensor, logits_view: Tensor) -> None:
+    if logits.shape != logits_view.shape:
+        raise ValueError(f"shape mismatch {tuple(logits.shape)} vs {tuple(logits_view.shape)}")
+
+
+def full_kl(logits: Tensor, logits_view: Tensor, chunk: int = 64) -> Tensor:
+    """:func:`full_kl_from_log_probs` of ``softmax(logits)`` and ``softmax(logits_view)``, ``[B, T, V] x2 -> [B, T]``.
+
+    Computed ``chunk`` positions at a time, each upcast on its own, so no full float32 ``[B, T, V]``
+    copy is made.
+    """
+    _same_shape(logits, logits_view)
+    parts = [full_kl_from_log_probs(lp, lq)
+             for lp, lq in zip(_log_softmax_chunks(logits, chunk), _log_softmax_chunks(logits_view, chunk))]
     return torch.cat(parts, dim=-1)
+
+
+def jsd_and_entropies(logits: Tensor, logits_view: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`jsd_and_entropies_from_log_probs` from whole logits, ``[B, T, V] x2 -> (jsd, H(P), H(Q))`` ``[B, T]``.
+
+    Chunked over T like :func:`full_kl`.
+    """
+    _same_shape(logits, logits_view)
+    parts = [jsd_and_entropies_from_log_probs(lp, lq)
+             for lp, lq in zip(_log_softmax_chunks(logits, chunk), _log_softmax_chunks(logits_view, chunk))]
+    return tuple(torch.cat([part[k] for part in parts], dim=-1) for k in range(3))
+
+
+def truncated_entropy(logits: Tensor, top_p: float = 1.0, chunk: int = 64) -> Tensor:
+    """:func:`truncated_entropy_from_log_probs` from whole logits, ``[B, T, V] -> [B, T]`` (chunked over T)."""
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    return torch.cat([truncated_entropy_from_log_probs(lp, top_p) for lp in _log_softmax_chunks(logits, chunk)], -1)
 
 
 # --------------------------------------------------------------------------------------------------

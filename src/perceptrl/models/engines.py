@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from perceptrl.models.policy import Completions, EncodedPrompts, Policy
+from perceptrl.models.vllm_engine import VLLMEngine
 
 
 class HFEngine:
@@ -75,8 +76,6 @@ def build_engine(name: str, policy: Policy, model_cfg=None, rollout_cfg=None, se
     if name == "vllm":
         if model_cfg is None:
             raise ValueError("rollout.engine: vllm needs the model config (model.path, model.dtype)")
-        from perceptrl.models.vllm_engine import VLLMEngine
-
         options = {}
         if rollout_cfg is not None:
             options = dict(gpu_memory_utilization=rollout_cfg.vllm_gpu_memory_utilization, sleep=rollout_cfg.vllm_sleep,

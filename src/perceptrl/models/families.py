@@ -37,33 +37,20 @@ from dataclasses import dataclass
 
 import torch
 
-from perceptrl.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_byte_tokenizer
+from perceptrl.models.byte_tokenizer import (
+    LLAVA_ONEVISION_CHAT_TEMPLATE,
+    LLAVA_SPECIAL_TOKENS,
+    QWEN_CHAT_TEMPLATE,
+    QWEN_SPECIAL_TOKENS,
+    build_byte_tokenizer,
+)
+from perceptrl.models.processors import image_only_processor_class
+from perceptrl.models.real_shape import build_real_shape
+from perceptrl.models.tiny import build_tiny
 
 FAMILY_NAMES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava_onevision")
 # Test models at real shapes (``perceptrl.models.real_shape``): real vocabulary and token ids.
 REAL_SHAPE_NAMES = ("qwen2_5_vl_real",)
-
-# Qwen2-VL / Qwen2.5-VL / Qwen3-VL share Qwen's special tokens and image chat format.
-QWEN_SPECIAL_TOKENS = SPECIAL_TOKENS
-QWEN_CHAT_TEMPLATE = CHAT_TEMPLATE
-# LLaVA-OneVision's Qwen2 tokenizer adds <image> and <video> after Qwen2's own special tokens.
-LLAVA_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
-
-# llava-hf/llava-onevision-qwen2-*-ov-hf: role then a space, all images first, then "\n" + text.
-LLAVA_ONEVISION_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + ' ' }}"
-    "{% if message['content'] is string %}{{ '\n' + message['content'] }}"
-    "{% else %}"
-    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
-    "{% for part in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
-    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + part['text'] }}{% endfor %}"
-    "{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
 
 @dataclass
 class TinyFamilyConfig:
@@ -152,8 +139,6 @@ def _qwen_image_processor(patch_size: int, merge_size: int, cfg: TinyFamilyConfi
 def _build_qwen2_vl(cfg: TinyFamilyConfig):
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from perceptrl.models.processors import image_only_processor_class
-
     tokenizer = _qwen_tokenizer()
     half = cfg.hidden_size // cfg.num_heads // 2
     section = [half - 2 * (half // 4), half // 4, half // 4]  # (t, h, w); sums to head_dim / 2
@@ -185,8 +170,6 @@ def _build_qwen2_vl(cfg: TinyFamilyConfig):
 # ------------------------------------------------------------------------------ Qwen3-VL
 def _build_qwen3_vl(cfg: TinyFamilyConfig):
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    from perceptrl.models.processors import image_only_processor_class
 
     tokenizer = _qwen_tokenizer()
     head_dim = cfg.hidden_size // cfg.num_heads
@@ -232,8 +215,6 @@ def _build_llava_onevision(cfg: TinyFamilyConfig):
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
         LlavaOnevisionImageProcessorPil,
     )
-
-    from perceptrl.models.processors import image_only_processor_class
 
     tokenizer = build_byte_tokenizer(
         LLAVA_SPECIAL_TOKENS, "<|im_end|>", "<|endoftext|>", LLAVA_ONEVISION_CHAT_TEMPLATE
@@ -300,16 +281,12 @@ def build_tiny_family(name: str, seed: int = 0, cfg: TinyFamilyConfig | None = N
     ``perceptrl.models.loading.save_pretrained`` and load with ``load_model_and_processor``.
     """
     if name == "qwen2_5_vl_real":
-        from perceptrl.models.real_shape import build_real_shape
-
         if cfg is not None:
             raise ValueError("qwen2_5_vl_real takes its sizes from perceptrl.models.real_shape.RealShapeConfig")
         return build_real_shape(seed=seed)
     if name not in FAMILY_NAMES:
         raise ValueError(f"unknown model family '{name}'; expected one of {', '.join(FAMILY_NAMES + REAL_SHAPE_NAMES)}")
     if name == "qwen2_5_vl":
-        from perceptrl.models.tiny import build_tiny
-
         if cfg is not None:
             raise ValueError("qwen2_5_vl takes its sizes from perceptrl.models.tiny.TinyConfig")
         return build_tiny(seed=seed)

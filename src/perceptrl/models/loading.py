@@ -9,7 +9,6 @@ converts it. A problem is a ``ModelError`` naming the folder and the file.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import struct
@@ -17,8 +16,11 @@ from pathlib import Path
 
 import torch
 
+from perceptrl.models.families import build_tiny_family
 from perceptrl.models.policy import Policy
 from perceptrl.models.precision import DTYPES, compute_dtype  # noqa: F401  (DTYPES re-exported)
+from perceptrl.models.processors import load_processor
+from perceptrl.models.saving import quiet_transformers, save_pretrained  # noqa: F401  (save_pretrained re-exported)
 
 # The tiny model warm-started on the built-in suite, shipped with the package (``make warmstart``).
 WARMSTART_DIR = Path(__file__).resolve().parent.parent / "assets" / "warmstart"
@@ -133,54 +135,12 @@ def check_model(model_cfg) -> None:
     check_model_folder(path)
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """No "Loading weights" / "Writing model shards" bars: a run's console has perceptrl's progress only."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _half_state_dict(model) -> dict:
-    """``{"state_dict": ...}`` cast to ``config.dtype`` when that is a half type the weights are not in; else {}."""
-    dtype = getattr(getattr(model, "config", None), "dtype", None)
-    dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-    if dtype not in (torch.bfloat16, torch.float16):
-        return {}
-    state = model.state_dict()
-    if all(not t.is_floating_point() or t.dtype == dtype for t in state.values()):
-        return {}
-    cast: dict[tuple, torch.Tensor] = {}  # tied weights (one storage) stay one tensor
-    out = {}
-    for key, tensor in state.items():
-        if tensor.is_floating_point() and tensor.dtype == torch.float32:
-            ident = (tensor.data_ptr(), tuple(tensor.shape))
-            if ident not in cast:
-                cast[ident] = tensor.detach().to(dtype)
-            tensor = cast[ident]
-        out[key] = tensor
-    return {"state_dict": out}
-
-
 def load_model_and_processor(path: str, dtype: str = "float32", trust_remote_code: bool = False, tiny_seed: int = 0):
     """``tiny`` (or ``tiny:<family>``) builds an offline test model; otherwise load an HF folder."""
     if path == "tiny" or path.startswith("tiny:"):
-        from perceptrl.models.families import build_tiny_family
-
         model, processor = build_tiny_family(path.partition(":")[2] or "qwen2_5_vl", seed=tiny_seed)
         return model.to(DTYPES[dtype]), processor
     from transformers import AutoModelForImageTextToText
-
-    from perceptrl.models.processors import load_processor
 
     if path == "warmstart":
         path = str(WARMSTART_DIR)
@@ -188,7 +148,7 @@ def load_model_and_processor(path: str, dtype: str = "float32", trust_remote_cod
             raise ModelError(f"model.path: the shipped warm start is missing at {WARMSTART_DIR} (make warmstart)")
 
     check_model_folder(path)
-    with _quiet_transformers():
+    with quiet_transformers():
         model = AutoModelForImageTextToText.from_pretrained(
             path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
         )
@@ -216,27 +176,3 @@ def frozen_copy(policy: Policy) -> Policy:
     if policy.compute_dtype is not None:
         model.to(policy.compute_dtype)
     return Policy(model, policy.processor, system_prompt=policy.system_prompt, compute_dtype=policy.compute_dtype)
-
-
-def save_pretrained(model, processor, path: str | Path) -> Path:
-    """Save model and processor as a plain Hugging Face folder (safetensors).
-
-    Floating-point weights are written in ``model.config.dtype`` when that is bf16 / fp16 and they are
-    held in float32 (master weights trained under mixed precision): the folder is the size of the
-    checkpoint the run started from.
-    """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with _quiet_transformers():
-        model.save_pretrained(path, **_half_state_dict(model))
-        processor.save_pretrained(path)
-    # Our image-only processor subclass exists only without torchvision: name the stock class
-    # so that AutoProcessor works wherever torchvision is installed.
-    for name in ("processor_config.json", "tokenizer_config.json"):
-        config_file = path / name
-        if config_file.exists():
-            raw = json.loads(config_file.read_text())
-            if raw.get("processor_class") == "ImageOnlyQwenVLProcessor":
-                raw["processor_class"] = "Qwen2_5_VLProcessor"
-                config_file.write_text(json.dumps(raw, indent=2))
-    return path

@@ -11,7 +11,10 @@ quantities RL needs and for any loss on them):
 - ``entropy``: ``H = -sum_v p log p`` of the same distribution, with or without its gradient
   (NoisyRollout's entropy bonus trains on it; otherwise it is logged);
 - ``sym_kl``: ``(KL(P||Q) + KL(Q||P)) / 2`` between this forward's distribution ``P`` and ``Q`` from
-  other hidden states (DUPL's perceptual uncertainty; no gradient).
+  other hidden states (DUPL's perceptual uncertainty; no gradient);
+- any other :class:`VocabReduction`: per-token values of ``P`` (and ``Q``) that a caller defines on a
+  chunk's float32 log-probs ``[c, V]``, without gradient (the token-level perception methods' full KL,
+  Jensen-Shannon divergence, both entropies, top-p truncated entropy: ``train/token_pieces.py``).
 
 How it runs: :func:`route_output_head` temporarily replaces the ``forward`` of the model's output
 projection (``model.get_output_embeddings()``) so that the model's own forward pass, on reaching
@@ -43,10 +46,41 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def _sym_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``(KL(P||Q) + KL(Q||P)) / 2 = sum_v (p - q)(log p - log q) / 2`` per row of ``[c, V]`` log-probs."""
+    return 0.5 * ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
+
+
+@dataclass(frozen=True)
+class VocabReduction:
+    """Per-token values of the full-vocabulary distribution, computed chunk by chunk without gradient.
+
+    ``fn(log_p, log_q)``: ``log_p`` ``[c, V]`` float32, the chunk's ``log softmax(logits / temperature)``;
+    ``log_q`` the same from the other hidden states (:attr:`HeadRequest.other_hidden`) when ``pair``,
+    else None. Returns one ``[c]`` tensor per name of ``columns`` (a tuple, or one tensor for one
+    column). Neither input outlives the chunk: a reduction keeps nothing vocabulary-sized.
+    """
+
+    columns: tuple[str, ...]
+    fn: Callable[[Tensor, Tensor | None], Tensor | Sequence[Tensor]]
+    pair: bool = False
+
+    def __call__(self, log_p: Tensor, log_q: Tensor | None) -> list[Tensor]:
+        out = self.fn(log_p, log_q)
+        out = [out] if torch.is_tensor(out) else list(out)
+        if len(out) != len(self.columns):
+            raise ValueError(f"reduction {self.columns} returned {len(out)} values")
+        return out
+
+
+SYM_KL = VocabReduction(("sym_kl",), _sym_kl, pair=True)  # DUPL's perceptual uncertainty
 
 
 @dataclass
@@ -56,9 +90,10 @@ class HeadRequest:
     ``targets`` ``[B, L]``: the token each of the first ``L`` positions predicts (the head may see more
     positions: the rest are ignored). ``expand`` ``[B]``: rows of the head's input to use, in order
     (each distinct prompt ran once and its last position serves every row that shares it).
-    ``other_hidden`` ``[B, L, H]``: hidden states of another forward (detached); the symmetric KL
-    between the two distributions is returned. ``keep_hidden``: the head's input ``[B, L, H]`` is
-    kept, detached, in ``hidden`` (for a later ``other_hidden``).
+    ``reduce``: further per-token values, no gradient (:class:`VocabReduction`); ``other_hidden``
+    ``[B, L, H]``: hidden states of another forward (detached), the second distribution of a pair
+    reduction (DUPL's symmetric KL, :data:`SYM_KL`, when ``reduce`` is not given). ``keep_hidden``: the
+    head's input ``[B, L, H]`` is kept, detached, in ``hidden`` (for a later ``other_hidden``).
     """
 
     targets: Tensor
@@ -68,15 +103,23 @@ class HeadRequest:
     other_hidden: Tensor | None = None
     expand: Tensor | None = None
     keep_hidden: bool = False
-    keep_logits: bool = False  # no gradient only: also keep the whole logits [B, L, V] (model dtype) in ``logits``
+    reduce: VocabReduction | None = None
     chunk: int | None = None  # tokens per chunk (None: chunk_tokens' rule)
     hidden: Tensor | None = field(default=None, repr=False)  # out: the head's input, if keep_hidden
-    logits: Tensor | None = field(default=None, repr=False)  # out: the head's output, if keep_logits
+
+    def __post_init__(self):
+        if self.reduce is None and self.other_hidden is not None:
+            self.reduce = SYM_KL
+        if self.reduce is not None and self.reduce.pair != (self.other_hidden is not None):
+            raise ValueError(f"reduction {self.reduce.columns} {'needs' if self.reduce.pair else 'takes no'} other_hidden")
+        names = self.columns
+        if len(set(names)) != len(names):
+            raise ValueError(f"output head columns {names} repeat a name")
 
     @property
     def columns(self) -> list[str]:
         """Names of the last dimension of the head's output, in order."""
-        return ["logprobs"] + (["entropy"] if self.entropy else []) + (["sym_kl"] if self.other_hidden is not None else [])
+        return ["logprobs"] + (["entropy"] if self.entropy else []) + (list(self.reduce.columns) if self.reduce else [])
 
 
 MIN_CHUNK_TOKENS = 16  # each chunk's weight gradient reads and writes all of [V, H]: amortise it
@@ -102,12 +145,16 @@ def _log_softmax(logits: Tensor, temperature: float) -> Tensor:
     return z.log_softmax(-1)
 
 
-def _forward_stats(logits: Tensor, targets: Tensor, temperature: float, entropy: bool):
-    """``(lp [c], H [c] or None)`` of one chunk's logits ``[c, V]`` (as ``Policy.score`` always computed them)."""
-    log_probs = _log_softmax(logits, temperature)
+def _stats(log_probs: Tensor, targets: Tensor, entropy: bool):
+    """``(lp [c], H [c] or None)`` of one chunk's log-probs ``[c, V]`` (as ``Policy.score`` always computed them)."""
     lp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     ent = -(log_probs.exp() * log_probs).sum(-1) if entropy else None
     return lp, ent
+
+
+def _forward_stats(logits: Tensor, targets: Tensor, temperature: float, entropy: bool):
+    """``(lp [c], H [c] or None)`` of one chunk's logits ``[c, V]``."""
+    return _stats(_log_softmax(logits, temperature), targets, entropy)
 
 
 def _grad_logits(log_probs: Tensor, targets: Tensor, temperature: float, g_lp: Tensor | None,
@@ -129,11 +176,6 @@ def _grad_logits(log_probs: Tensor, targets: Tensor, temperature: float, g_lp: T
     if temperature != 1.0:
         grad.div_(temperature)
     return grad
-
-
-def _sym_kl(logits_p: Tensor, logits_q: Tensor, temperature: float) -> Tensor:
-    lp, lq = _log_softmax(logits_p, temperature), _log_softmax(logits_q, temperature)
-    return 0.5 * ((lp.exp() - lq.exp()) * (lp - lq)).sum(-1)
 
 
 class _AutocastState:
@@ -264,44 +306,51 @@ def head_stats(head, forward, hidden: Tensor, request: HeadRequest) -> Tensor:
     weight = getattr(head, "weight", None)
     vocab = weight.shape[0] if weight is not None and weight.dim() == 2 else head.out_features
     chunk = chunk_tokens(flat.shape[0], vocab, flat.shape[-1], request.chunk)
-    columns = []
     grad = torch.is_grad_enabled() and (flat.requires_grad or any(p.requires_grad for p in head.parameters()))
-    if request.keep_logits and grad:
-        raise RuntimeError("keep_logits (the whole [B, L, V] logits) is for forwards without gradient")
-    if not grad:
+    n = flat.shape[0]
+    reduce = request.reduce
+    other = None if request.other_hidden is None else request.other_hidden.reshape(n, -1).to(device=flat.device)
+    reduced = flat.new_empty(n, len(reduce.columns) if reduce else 0, dtype=torch.float32)
+
+    def reduce_chunk(s: int, log_probs: Tensor) -> None:
+        log_q = None
+        if reduce.pair:
+            log_q = _log_softmax(forward(other[s:s + chunk].to(flat.dtype)), request.temperature)
+        for k, value in enumerate(reduce(log_probs, log_q)):
+            reduced[s:s + chunk, k] = value
+
+    if not grad:  # one pass: each chunk's logits and log-probs serve every value
         with torch.no_grad():
-            whole = forward(flat) if request.keep_logits else None
-            if whole is not None:
-                request.logits = whole.view(B, L, -1)
-            lp = flat.new_empty(flat.shape[0], dtype=torch.float32)
-            ent = flat.new_empty(flat.shape[0], dtype=torch.float32) if request.entropy else None
-            for s in range(0, flat.shape[0], chunk):
-                logits = forward(flat[s:s + chunk]) if whole is None else whole[s:s + chunk]
-                part_lp, part_h = _forward_stats(logits, targets[s:s + chunk], request.temperature, request.entropy)
+            lp = flat.new_empty(n, dtype=torch.float32)
+            ent = flat.new_empty(n, dtype=torch.float32) if request.entropy else None
+            for s in range(0, n, chunk):
+                log_probs = _log_softmax(forward(flat[s:s + chunk]), request.temperature)
+                part_lp, part_h = _stats(log_probs, targets[s:s + chunk], request.entropy)
                 lp[s:s + chunk] = part_lp
                 if ent is not None:
                     ent[s:s + chunk] = part_h
-    elif _is_plain_linear(head):
-        lp, ent = _LinearHeadStats.apply(flat, head.weight, head.bias, targets, request.temperature, chunk,
-                                         request.entropy, request.entropy_grad)
-    else:  # any other head: its own forward per chunk, recomputed in backward
-        parts = [torch.utils.checkpoint.checkpoint(
-            _module_chunk_stats, forward, flat[s:s + chunk], targets[s:s + chunk], request.temperature,
-            request.entropy, request.entropy_grad, use_reentrant=False) for s in range(0, flat.shape[0], chunk)]
-        lp = torch.cat([p[0] for p in parts])
-        ent = torch.cat([p[1] for p in parts]) if request.entropy else None
-    columns.append(lp)
+                if reduce is not None:
+                    reduce_chunk(s, log_probs)
+                del log_probs
+    else:
+        if _is_plain_linear(head):
+            lp, ent = _LinearHeadStats.apply(flat, head.weight, head.bias, targets, request.temperature, chunk,
+                                             request.entropy, request.entropy_grad)
+        else:  # any other head: its own forward per chunk, recomputed in backward
+            parts = [torch.utils.checkpoint.checkpoint(
+                _module_chunk_stats, forward, flat[s:s + chunk], targets[s:s + chunk], request.temperature,
+                request.entropy, request.entropy_grad, use_reentrant=False) for s in range(0, n, chunk)]
+            lp = torch.cat([p[0] for p in parts])
+            ent = torch.cat([p[1] for p in parts]) if request.entropy else None
+        if reduce is not None:  # the reductions have no gradient: a second, no-grad pass over the chunks
+            with torch.no_grad():
+                for s in range(0, n, chunk):
+                    reduce_chunk(s, _log_softmax(forward(flat[s:s + chunk].detach()), request.temperature))
+    columns = [lp.unsqueeze(-1)]
     if request.entropy:
-        columns.append(ent)
-    if request.other_hidden is not None:
-        other = request.other_hidden.reshape(B * L, -1).to(device=flat.device)
-        kl = flat.new_empty(flat.shape[0], dtype=torch.float32)
-        with torch.no_grad():
-            for s in range(0, flat.shape[0], chunk):
-                kl[s:s + chunk] = _sym_kl(forward(flat[s:s + chunk].detach()), forward(other[s:s + chunk].to(flat.dtype)),
-                                          request.temperature)
-        columns.append(kl)
-    return torch.stack(columns, dim=-1).view(B, L, len(columns))
+        columns.append(ent.unsqueeze(-1))
+    columns.append(reduced)
+    return torch.cat(columns, dim=-1).view(B, L, len(request.columns))
 
 
 def output_head(model):

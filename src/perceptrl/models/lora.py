@@ -6,22 +6,20 @@
 - :func:`reference_policy`: the frozen reference for the KL term. With LoRA it is the *same* model
   with its adapter switched off (``peft``'s ``disable_adapter``), so no second copy is held in
   memory; without LoRA it is a frozen deep copy (``models.loading.frozen_copy``).
-- :func:`save_final_model`: the end-of-run save. With LoRA: the adapter alone in
-  ``<output_dir>/adapter`` (loadable with ``peft.PeftModel.from_pretrained``) and the merged weights
-  as a plain Hugging Face folder in ``<output_dir>/final`` (loadable without peft).
+- :func:`merged_model`: a plain model with the adapter merged in (the end-of-run save,
+  ``train/final_model.py``, writes it and the adapter).
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 import warnings
-from pathlib import Path
 
 import torch
 
+from perceptrl.models.loading import frozen_copy
 from perceptrl.models.policy import Policy
+from perceptrl.models.precision import use_master_weights
 
 # Names of the sub-modules that hold a model's vision side, in the supported families:
 # Qwen2-VL / Qwen2.5-VL / Qwen3-VL ``visual`` (tower and merger), LLaVA-OneVision ``vision_tower``
@@ -99,8 +97,6 @@ def prepare_for_training(policy: Policy, model_cfg) -> Policy:
     (``config.model``) asks. Mixed precision (``model.dtype`` bf16 / fp16): float32 master weights for
     what trains, the compute dtype for what is frozen, forwards under autocast
     (``perceptrl.models.precision``)."""
-    from perceptrl.models.precision import use_master_weights
-
     if model_cfg.lora.enabled:
         apply_lora(policy, model_cfg.lora)
     if getattr(model_cfg, "freeze_vision_tower", False):
@@ -163,36 +159,9 @@ def reference_policy(policy: Policy):
     """The KL reference: the adapter-free base model under LoRA, else a frozen copy."""
     if is_lora(policy.model):
         return AdapterDisabled(policy)
-    from perceptrl.models.loading import frozen_copy
-
     return frozen_copy(policy)
 
 
 def merged_model(model):
     """A plain transformers model with the LoRA weights merged in (the training model is untouched)."""
     return copy.deepcopy(unwrap(model)).merge_and_unload()
-
-
-def save_adapter(model, output_dir: str | Path, name: str = ADAPTER_DIR) -> Path:
-    """Save the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) atomically."""
-    from perceptrl.train.checkpoint import _swap_into_place
-
-    output_dir = Path(output_dir)
-    tmp = output_dir / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    unwrap(model).save_pretrained(tmp)
-    target = output_dir / name
-    _swap_into_place(tmp, target)
-    return target
-
-
-def save_final_model(model, processor, output_dir: str | Path) -> Path:
-    """End-of-run save: ``final/`` as a plain HF folder (merged under LoRA) and, under LoRA, ``adapter/``."""
-    from perceptrl.train.checkpoint import save_final
-
-    model = unwrap(model)
-    if not is_lora(model):
-        return save_final(model, processor, output_dir)
-    save_adapter(model, output_dir)
-    return save_final(merged_model(model), processor, output_dir)

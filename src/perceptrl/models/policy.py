@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from perceptrl.models.kv_cache import cache_kwargs, output_cache
-from perceptrl.models.logits import HeadRequest, route_output_head
-from perceptrl.models.sampling import gumbel_argmax
+from perceptrl.models.logits import HeadRequest, VocabReduction, route_output_head
+from perceptrl.models.precision import autocast as precision_autocast
+from perceptrl.models.sampling import GumbelSampler, gumbel_argmax, sample_categorical, sample_top_p, top_p_filter
 
 # Tokens a model must never sample: they mark image positions in the prompt.
 VISION_SPECIAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<image>", "<video>")
@@ -164,7 +165,7 @@ class Policy:
         self.fast_generation = supported
         self.share_prompt_prefix = supported
         # Top-p filtering of batch-invariant sampling through a threshold on numpy-sorted values
-        # (``_top_p_filter_threshold``: the same tokens kept, bit for bit); False: torch.sort + scatter.
+        # (``top_p_filter_threshold``: the same tokens kept, bit for bit); False: torch.sort + scatter.
         self.fast_top_p = True
         # Pixel bounds applied to images in ``encode`` (processors that do not take them): set_pixel_bounds.
         self.pixel_bounds: tuple[int | None, int | None] = (None, None)
@@ -180,9 +181,7 @@ class Policy:
 
     def autocast(self):
         """The context every forward of this policy runs in: autocast to ``compute_dtype``, if set."""
-        from perceptrl.models.precision import autocast
-
-        return autocast(self.device, self.compute_dtype)
+        return precision_autocast(self.device, self.compute_dtype)
 
     def _stop_token_ids(self) -> list[int]:
         """The end-of-turn token, then the ids of the model's ``generation_config.eos_token_id`` (int or list)."""
@@ -298,8 +297,6 @@ class Policy:
             output_logits=return_logprobs,
         )
         if do_sample and row_seeds is not None:  # argmax of Gumbel-perturbed scores = a sample
-            from perceptrl.models.sampling import GumbelSampler
-
             sampler = GumbelSampler(row_seeds, prompts.prompt_length, temperature, top_p)
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=[sampler])
         elif do_sample:
@@ -374,12 +371,12 @@ class Policy:
                     scores = scores / temperature
                 if row_seeds is not None:
                     if top_p < 1.0:
-                        scores = _top_p_filter(scores, top_p, fast=self.fast_top_p)
+                        scores = top_p_filter(scores, top_p, fast=self.fast_top_p)
                     next_token = gumbel_argmax(scores, row_seeds, step)
                 elif top_p < 1.0:
-                    next_token = _sample_top_p(scores.softmax(-1), top_p)
+                    next_token = sample_top_p(scores.softmax(-1), top_p)
                 else:
-                    next_token = _sample_categorical(scores.softmax(-1))
+                    next_token = sample_categorical(scores.softmax(-1))
             else:
                 next_token = scores.argmax(-1)
             next_token = torch.where(unfinished, next_token, torch.full_like(next_token, self.pad_token_id))
@@ -405,7 +402,7 @@ class Policy:
         entropy_grad: bool = False,
         keep_hidden: bool = False,
         kl_hidden: torch.Tensor | None = None,
-        with_logits: bool = False,
+        reduce: VocabReduction | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-token log-probs ``[R, T]`` of completions given their prompts (float32).
 
@@ -418,16 +415,17 @@ class Policy:
         gradient if ``entropy_grad``, else detached); ``hidden`` ``[R, T, H]``, the output head's
         input, detached (``keep_hidden``); ``sym_kl`` ``[R, T]``, the symmetric KL between this
         distribution and the one of ``kl_hidden`` (another forward's ``hidden``; no gradient);
-        ``logits`` ``[R, T, V]`` (``with_logits``, without gradient only: the one request that holds a
-        vocabulary-sized block, for callers that reduce it themselves a few rows at a time).
-        Runs under the policy's autocast (``compute_dtype``); the values are float32.
+        one ``[R, T]`` per column of ``reduce`` (a ``VocabReduction``: per-token values of the
+        full-vocabulary distribution, and of ``kl_hidden``'s if it is a pair reduction, computed in the
+        head a chunk of tokens at a time; no gradient) instead of ``sym_kl``. Nothing of size ``V``
+        is returned or kept. Runs under the policy's autocast (``compute_dtype``); the values are float32.
         """
         with self.autocast():
             return self._score(prompts, rows, completion_ids, completion_mask, temperature, with_entropy,
-                               entropy_grad, keep_hidden, kl_hidden, with_logits)
+                               entropy_grad, keep_hidden, kl_hidden, reduce)
 
     def _score(self, prompts, rows, completion_ids, completion_mask, temperature, with_entropy, entropy_grad,
-               keep_hidden, kl_hidden, with_logits=False) -> dict[str, torch.Tensor]:
+               keep_hidden, kl_hidden, reduce=None) -> dict[str, torch.Tensor]:
         rows = torch.as_tensor(rows, dtype=torch.long)
         T = completion_ids.shape[1]
         with_entropy = with_entropy or entropy_grad
@@ -435,7 +433,7 @@ class Policy:
         def request(targets, expand=None, other=None) -> HeadRequest:
             return HeadRequest(targets=targets, temperature=temperature, entropy=with_entropy,
                                entropy_grad=entropy_grad, other_hidden=other, expand=expand,
-                               keep_hidden=keep_hidden, keep_logits=with_logits, chunk=self.logits_chunk)
+                               keep_hidden=keep_hidden, reduce=reduce, chunk=self.logits_chunk)
 
         def part(t0, t1):
             return None if kl_hidden is None else kl_hidden[:, t0:t1]
@@ -459,7 +457,6 @@ class Policy:
                 requests.append(rest)
             values = torch.cat(outputs, dim=1)
             hidden = torch.cat([r.hidden for r in requests], dim=1) if keep_hidden else None
-            logits = torch.cat([r.logits for r in requests], dim=1) if with_logits else None
         else:
             batch = prompts.select(rows)
             batch["input_ids"] = torch.cat([batch["input_ids"], completion_ids], dim=1)
@@ -472,16 +469,14 @@ class Policy:
             # The last T + 1 positions: position P - 1 + t predicts completion token t (the last is unused).
             with route_output_head(self.model, request(completion_ids, None, kl_hidden)) as req:
                 values = self.model(**batch, logits_to_keep=T + 1, use_cache=False).logits
-            hidden, logits = req.hidden, req.logits
+            hidden = req.hidden
         columns = request(completion_ids, None, kl_hidden).columns
         result = {name: values[..., k] for k, name in enumerate(columns)}
-        for name in ("entropy", "sym_kl"):  # columns without a gradient of their own
-            if name in result and not (name == "entropy" and entropy_grad):
+        for name in columns[1:]:  # columns without a gradient of their own
+            if not (name == "entropy" and entropy_grad):
                 result[name] = result[name].detach()
         if keep_hidden:
             result["hidden"] = hidden
-        if with_logits:
-            result["logits"] = logits
         return result
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -532,34 +527,6 @@ def _eval_mode(model):
         yield
     finally:
         model.train(was_training)
-
-
-def _sample_categorical(probs: torch.Tensor) -> torch.Tensor:
-    """One index per row of ``probs`` ``[R, V]`` (inverse CDF; much faster than ``torch.multinomial`` on CPU).
-
-    ``u`` is scaled by the row's total so that rounding never lands past the last token, and the
-    first index whose CDF exceeds ``u`` never has probability 0.
-    """
-    cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
-
-
-def _sample_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Sample from ``probs`` ``[R, V]`` restricted to its top-p nucleus, renormalised.
-
-    The nucleus is the one of ``transformers``' ``TopPLogitsWarper``: a token is kept when the
-    probability of the tokens more probable than it is below ``top_p`` (so at least the most
-    probable one). One sort, one cumulative sum and an inverse-CDF draw inside the nucleus,
-    instead of filtering the logits and taking a second softmax.
-    """
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-    cdf = sorted_probs.cumsum(-1)
-    kept = ((cdf - sorted_probs) < top_p).sum(-1, keepdim=True).clamp_(min=1)  # nucleus size per row
-    mass = cdf.gather(-1, kept - 1)
-    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * mass
-    pick = torch.minimum(torch.searchsorted(cdf, u, right=True), kept - 1)
-    return order.gather(-1, pick).squeeze(1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -618,66 +585,6 @@ def _preallocate(cache, extra: int):
         if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.numel():
             layers[i] = _growing_layer_class()(layer, extra)
     return cache
-
-
-def _top_p_filter(scores: torch.Tensor, top_p: float, fast: bool = True) -> torch.Tensor:
-    """Keep the smallest set of most probable tokens whose probabilities sum to ``top_p`` (as HF's warper).
-
-    ``scores`` ``[R, V]``. Returns a new tensor with the other tokens at ``-inf`` (``scores`` itself
-    when ``top_p >= 1``: nothing is filtered). ``fast`` (CPU float tensors): the same result, bit for
-    bit, from :func:`_top_p_filter_threshold`; otherwise :func:`_top_p_filter_sorted`, the plain one.
-    """
-    if top_p >= 1.0:
-        return scores
-    if fast:
-        out = _top_p_filter_threshold(scores, top_p)
-        if out is not None:
-            return out
-    return _top_p_filter_sorted(scores, top_p)
-
-
-def _top_p_filter_sorted(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """The plain nucleus filter (``transformers``' ``TopPLogitsWarper``): sort, cumulate, scatter back."""
-    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - top_p)
-    remove[..., -1:] = False  # keep at least one token
-    return scores.masked_fill(remove.scatter(1, sorted_indices, remove), -float("inf"))
-
-
-def _top_p_filter_threshold(scores: torch.Tensor, top_p: float) -> torch.Tensor | None:
-    """:func:`_top_p_filter_sorted`'s result through a value threshold; None where it does not apply.
-
-    The plain filter removes the ``k`` smallest logits of a row, ``k`` being the number of ascending
-    cumulative probabilities ``<= 1 - top_p`` (a prefix: the cumulative sum never decreases). That
-    only needs the sorted *values*: ``numpy.sort`` gives exactly the values ``torch.sort`` gives
-    (a sorted sequence is unique) and is 15-20x faster on CPU (0.03 vs 0.54 ms for 64 x 264,
-    41 vs 700 ms for 64 x 151k), so the softmax and cumulative sum below are bit for bit the plain
-    filter's, hence ``k`` too. The removed tokens are then those below the ``k``-th smallest
-    value, with no scatter of sorted indices back. When a row's boundary falls between tied values,
-    which of them the plain filter removes depends on the order its (unstable) sort put them in:
-    those rows go through the plain filter. None (the plain filter for all) for scores with a NaN,
-    on another device than the CPU, or of another dtype than float32/float64.
-    """
-    if (scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.float64) or scores.dim() != 2
-            or scores.requires_grad or scores.shape[-1] < 2):
-        return None
-    import numpy as np
-
-    sorted_logits = torch.from_numpy(np.sort(scores.numpy(), axis=-1))  # ascending; NaN last, as torch.sort
-    if bool(sorted_logits[:, -1].isnan().any()):
-        return None
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - top_p)
-    remove[..., -1:] = False  # keep at least one token
-    k = remove.sum(-1, keepdim=True)  # the k smallest are removed
-    threshold = sorted_logits.gather(-1, k)  # the smallest value kept
-    out = scores.masked_fill(scores < threshold, -float("inf"))
-    split_tie = (k > 0) & (sorted_logits.gather(-1, (k - 1).clamp_(min=0)) == threshold)
-    if bool(split_tie.any()):
-        rows = split_tie.squeeze(-1).nonzero().squeeze(-1)
-        out[rows] = _top_p_filter_sorted(scores[rows], top_p)  # each row is sorted on its own
-    return out
 
 
 def completion_mask(ids: torch.Tensor, eos_token_id: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from perceptrl.models.processors import make_qwen_vl_processor
+
 REAL_VOCAB_SIZE = 151_936  # Qwen2.5-VL config.json vocab_size (embedding rows, padded past the tokenizer)
 REGULAR_TOKENS = 151_643  # ids below the first added token
 
@@ -134,8 +136,6 @@ def build_real_tokenizer():
 def build_real_shape(seed: int = 0, cfg: RealShapeConfig | None = None):
     """``(model, processor)``: a freshly initialised real-shape Qwen2.5-VL (see the module doc)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from perceptrl.models.processors import make_qwen_vl_processor
 
     cfg = cfg or RealShapeConfig()
     tokenizer = build_real_tokenizer()

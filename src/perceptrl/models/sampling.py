@@ -21,7 +21,9 @@ transform ``-log(-log(u))`` is float64).
 
 Two entry points: :func:`gumbel_argmax` for our own sampling loop, and :class:`GumbelSampler`,
 a ``transformers`` ``LogitsProcessor`` for ``model.generate`` (run it with ``do_sample=False``:
-generation then takes the argmax of the perturbed scores). Log-probs reported with the sample
+generation then takes the argmax of the perturbed scores). Both filter with :func:`top_p_filter`
+(``transformers``' nucleus). Without row seeds, :func:`sample_categorical` and :func:`sample_top_p`
+draw from the global stream. Log-probs reported with the sample
 must be those of the *unperturbed* tempered distribution (``Policy`` records the raw logits).
 """
 
@@ -86,10 +88,92 @@ def gumbel_argmax(scores: torch.Tensor, row_seeds: torch.Tensor, position: int) 
     return (scores.to(torch.float64) + noise).argmax(-1)
 
 
-def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    from perceptrl.models.policy import _top_p_filter  # the same filter as the sampling loop
+def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs`` ``[R, V]`` (inverse CDF; much faster than ``torch.multinomial`` on CPU).
 
-    return _top_p_filter(scores, top_p)
+    ``u`` is scaled by the row's total so that rounding never lands past the last token, and the
+    first index whose CDF exceeds ``u`` never has probability 0.
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
+def sample_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Sample from ``probs`` ``[R, V]`` restricted to its top-p nucleus, renormalised.
+
+    The nucleus is the one of ``transformers``' ``TopPLogitsWarper``: a token is kept when the
+    probability of the tokens more probable than it is below ``top_p`` (so at least the most
+    probable one). One sort, one cumulative sum and an inverse-CDF draw inside the nucleus,
+    instead of filtering the logits and taking a second softmax.
+    """
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    cdf = sorted_probs.cumsum(-1)
+    kept = ((cdf - sorted_probs) < top_p).sum(-1, keepdim=True).clamp_(min=1)  # nucleus size per row
+    mass = cdf.gather(-1, kept - 1)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * mass
+    pick = torch.minimum(torch.searchsorted(cdf, u, right=True), kept - 1)
+    return order.gather(-1, pick).squeeze(1)
+
+
+def top_p_filter(scores: torch.Tensor, top_p: float, fast: bool = True) -> torch.Tensor:
+    """Keep the smallest set of most probable tokens whose probabilities sum to ``top_p`` (as HF's warper).
+
+    ``scores`` ``[R, V]``. Returns a new tensor with the other tokens at ``-inf`` (``scores`` itself
+    when ``top_p >= 1``: nothing is filtered). ``fast`` (CPU float tensors): the same result, bit for
+    bit, from :func:`top_p_filter_threshold`; otherwise :func:`top_p_filter_sorted`, the plain one.
+    """
+    if top_p >= 1.0:
+        return scores
+    if fast:
+        out = top_p_filter_threshold(scores, top_p)
+        if out is not None:
+            return out
+    return top_p_filter_sorted(scores, top_p)
+
+
+def top_p_filter_sorted(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The plain nucleus filter (``transformers``' ``TopPLogitsWarper``): sort, cumulate, scatter back."""
+    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -1:] = False  # keep at least one token
+    return scores.masked_fill(remove.scatter(1, sorted_indices, remove), -float("inf"))
+
+
+def top_p_filter_threshold(scores: torch.Tensor, top_p: float) -> torch.Tensor | None:
+    """:func:`top_p_filter_sorted`'s result through a value threshold; None where it does not apply.
+
+    The plain filter removes the ``k`` smallest logits of a row, ``k`` being the number of ascending
+    cumulative probabilities ``<= 1 - top_p`` (a prefix: the cumulative sum never decreases). That
+    only needs the sorted *values*: ``numpy.sort`` gives exactly the values ``torch.sort`` gives
+    (a sorted sequence is unique) and is 15-20x faster on CPU (0.03 vs 0.54 ms for 64 x 264,
+    41 vs 700 ms for 64 x 151k), so the softmax and cumulative sum below are bit for bit the plain
+    filter's, hence ``k`` too. The removed tokens are then those below the ``k``-th smallest
+    value, with no scatter of sorted indices back. When a row's boundary falls between tied values,
+    which of them the plain filter removes depends on the order its (unstable) sort put them in:
+    those rows go through the plain filter. None (the plain filter for all) for scores with a NaN,
+    on another device than the CPU, or of another dtype than float32/float64.
+    """
+    if (scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.float64) or scores.dim() != 2
+            or scores.requires_grad or scores.shape[-1] < 2):
+        return None
+    import numpy as np
+
+    sorted_logits = torch.from_numpy(np.sort(scores.numpy(), axis=-1))  # ascending; NaN last, as torch.sort
+    if bool(sorted_logits[:, -1].isnan().any()):
+        return None
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -1:] = False  # keep at least one token
+    k = remove.sum(-1, keepdim=True)  # the k smallest are removed
+    threshold = sorted_logits.gather(-1, k)  # the smallest value kept
+    out = scores.masked_fill(scores < threshold, -float("inf"))
+    split_tie = (k > 0) & (sorted_logits.gather(-1, (k - 1).clamp_(min=0)) == threshold)
+    if bool(split_tie.any()):
+        rows = split_tie.squeeze(-1).nonzero().squeeze(-1)
+        out[rows] = top_p_filter_sorted(scores[rows], top_p)  # each row is sorted on its own
+    return out
 
 
 try:  # transformers is a dependency; the base class only marks the processor's interface
@@ -117,7 +201,7 @@ class GumbelSampler(_LogitsProcessorBase):
         if self.temperature != 1.0:
             scores = scores / self.temperature
         if self.top_p < 1.0:
-            scores = _top_p(scores, self.top_p)
+            scores = top_p_filter(scores, self.top_p)  # the same filter as Policy's sampling loop
         position = input_ids.shape[1] - self.prompt_length
         noise = gumbel_noise(self.row_seeds.to(scores.device), position, scores.shape[-1])
         return scores.to(torch.float64) + noise  # float64: the same argmax as gumbel_argmax

@@ -13,31 +13,13 @@ from pathlib import Path
 
 import torch
 
-# Qwen's special tokens, in the order Qwen uses them; ids follow the 256 byte symbols.
-SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
+from perceptrl.models.byte_tokenizer import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_byte_tokenizer
+from perceptrl.models.processors import make_qwen_vl_processor
+from perceptrl.models.saving import save_pretrained
 
-# Qwen2-VL's chat template, reduced to what a single-turn image+text chat needs.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# Qwen's special tokens and chat template (``models.byte_tokenizer``), under their historical names.
+SPECIAL_TOKENS = QWEN_SPECIAL_TOKENS
+CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE
 
 
 @dataclass
@@ -59,28 +41,6 @@ class TinyConfig:
     tie_word_embeddings: bool = True
     min_pixels: int = 28 * 28
     max_pixels: int = 224 * 224
-
-
-def build_byte_tokenizer(special_tokens, eos_token: str, pad_token: str, chat_template: str):
-    """Byte-level BPE tokenizer with no merges: 256 byte symbols, then ``special_tokens`` in order."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {symbol: i for i, symbol in enumerate(sorted(ByteLevel.alphabet()))}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(list(special_tokens))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        eos_token=eos_token,
-        pad_token=pad_token,
-        additional_special_tokens=[t for t in special_tokens if t not in (eos_token, pad_token)],
-    )
-    tokenizer.chat_template = chat_template
-    tokenizer.padding_side = "left"
-    return tokenizer
 
 
 def build_tokenizer():
@@ -139,8 +99,6 @@ def build_model_config(tokenizer, cfg: TinyConfig):
 
 def build_processor(tokenizer, cfg: TinyConfig | None = None):
     """A Qwen2.5-VL processor built in code (works with or without torchvision)."""
-    from perceptrl.models.processors import make_qwen_vl_processor
-
     cfg = cfg or TinyConfig()
     return make_qwen_vl_processor(
         tokenizer,
@@ -171,6 +129,4 @@ def build_tiny(cfg: TinyConfig | None = None, seed: int = 0):
 
 def save_tiny(model, processor, path: str | Path) -> Path:
     """Save in Hugging Face format (safetensors, tokenizer, processor config)."""
-    from perceptrl.models.loading import save_pretrained
-
     return save_pretrained(model, processor, path)

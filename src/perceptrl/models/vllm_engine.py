@@ -47,8 +47,10 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from perceptrl.config import ConfigError
-from perceptrl.models.lora import is_lora, unwrap
+from perceptrl.models.loading import WARMSTART_DIR
+from perceptrl.models.lora import is_lora, merged_model, unwrap
 from perceptrl.models.policy import Completions, EncodedPrompts, Policy
+from perceptrl.models.saving import save_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +180,6 @@ def serving_folder(policy: Policy, model_path: str, root: Path) -> Path:
     memory) is saved from the policy itself (LoRA merged). Its weights are only a starting point:
     ``sync_weights`` copies the policy's current ones in before every rollout.
     """
-    from perceptrl.models.loading import WARMSTART_DIR, save_pretrained
-
     folder = root / "model"
     source = Path(WARMSTART_DIR if model_path == "warmstart" else model_path)
     if not model_path.startswith("tiny") and source.is_dir():
@@ -193,8 +193,6 @@ def serving_folder(policy: Policy, model_path: str, root: Path) -> Path:
     else:
         model = unwrap(policy.model)
         if is_lora(model):
-            from perceptrl.models.lora import merged_model
-
             model = merged_model(model)  # an in-memory (test-sized) model: a merged copy is cheap
         save_pretrained(model, policy.processor, folder)
     add_video_config(folder)

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from perceptrl.models.saving import save_pretrained
+
 PREFIX = "checkpoint-"
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -151,7 +153,7 @@ def _step_of(path: Path) -> int | None:
     return int(suffix) if path.name.startswith(PREFIX) and suffix.isdigit() else None
 
 
-def _swap_into_place(tmp: Path, final: Path) -> None:
+def swap_into_place(tmp: Path, final: Path) -> None:
     """Rename the complete folder ``tmp`` to ``final``, replacing an existing ``final``."""
     if final.exists():
         old = final.parent / f".replaced-{final.name}-{os.getpid()}"
@@ -244,7 +246,7 @@ def save_checkpoint(
             raise _disk_full(writing, tmp, needed, output_dir) from None
         raise
     _crash_point("synced", step)
-    _swap_into_place(tmp, final)
+    swap_into_place(tmp, final)
     _crash_point("renamed", step)
     if keep:
         for old in list_checkpoints(output_dir)[:-keep]:
@@ -258,8 +260,6 @@ def save_final(model, processor, output_dir: str | Path, name: str = FINAL_DIR) 
     Written into ``.tmp-<name>-<pid>``, fsynced, then renamed: ``final/`` is either the previous
     complete folder or the new complete one, never a mixture.
     """
-    from perceptrl.models.loading import save_pretrained
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = output_dir / f".tmp-{name}-{os.getpid()}"
@@ -275,7 +275,7 @@ def save_final(model, processor, output_dir: str | Path, name: str = FINAL_DIR) 
             raise _disk_full(f"{name}/", tmp, needed, output_dir) from None
         raise
     target = output_dir / name
-    _swap_into_place(tmp, target)
+    swap_into_place(tmp, target)
     return target
 
 
@@ -330,7 +330,7 @@ def clean_partial(output_dir: str | Path) -> int:
     """Tidy up after a killed write; returns how many leftover folders were handled.
 
     Temporary and trash folders (``.tmp-*``, ``.trash-*``) are deleted. A ``.replaced-<name>-<pid>``
-    folder (the previous, complete version of a folder that :func:`_swap_into_place` was replacing:
+    folder (the previous, complete version of a folder that :func:`swap_into_place` was replacing:
     a checkpoint, ``final/``, a LoRA ``adapter/``) is renamed back if ``<name>`` is missing, else
     deleted.
     """

@@ -108,7 +108,7 @@ def lora_parameters(model, lora_cfg) -> int:
     return total
 
 
-def model_shape(model, config: Config, sft: bool = False) -> ModelShape:
+def model_shape(model, config: Config) -> ModelShape:
     """Counts from the built model, widths from its config; freezing and LoRA as ``config.model`` asks."""
     named = dict(model.named_parameters())
     total = sum(p.numel() for p in named.values())
@@ -116,7 +116,7 @@ def model_shape(model, config: Config, sft: bool = False) -> ModelShape:
     unit_classes = set(getattr(model, "_no_split_modules", None) or ())
     units = [m for m in model.modules() if type(m).__name__ in unit_classes]
     unit_sizes = [sum(p.numel() for p in m.parameters()) for m in units]
-    lora = config.model.lora.enabled and not sft  # perceptrl sft trains the whole model
+    lora = config.model.lora.enabled  # perceptrl train and perceptrl sft both honour model.lora
     freeze = config.model.freeze_vision_tower
     trainable = lora_parameters(model, config.model.lora) if lora else total - (vision if freeze else 0)
     if lora:
@@ -192,7 +192,7 @@ def make_plan(config: Config, command: str = "train", source: str = "") -> Plan:
     """Build the model without weights and work out the plan of ``config`` (see the module docstring)."""
     sft = command == "sft"
     model, model_source = build_model(config)
-    shape = model_shape(model, config, sft)
+    shape = model_shape(model, config)
     per_prompt = completions_per_prompt(config, sft)
     pixels, pixel_note = image_pixels(config)
     image_tokens = max(1, pixels // (shape.patch_size * shape.merge_size) ** 2) if shape.vision_layers else 0
@@ -224,8 +224,8 @@ def make_plan(config: Config, command: str = "train", source: str = "") -> Plan:
                     plan.checks.append(f"data.{key}: '{part.strip()}' is not a local file: download the dataset and "
                                        f"point data.{key} at its JSONL/parquet files")
     if sft:
-        plan.notes.append("perceptrl sft runs in one process, without model.gradient_checkpointing or LoRA "
-                          "(perceptrl.train.sft): one GPU only")
+        plan.notes.append("perceptrl sft runs in one process (perceptrl.train.sft): one GPU only; LoRA, "
+                          "freeze_vision_tower and gradient checkpointing as model.* asks, as perceptrl train")
     return plan
 
 
@@ -234,7 +234,7 @@ def workload(config: Config, shape: ModelShape, plan: Plan, n_gpus: int, sft: bo
     if sft:
         rows = d.rollout_batch_size
         return Workload(0, plan.prompt_tokens, config.rollout.max_new_tokens, min(t.micro_batch_size, rows),
-                        plan.pixels, False, False, config.model.dtype, generates=False)
+                        plan.pixels, config.model.gradient_checkpointing, False, config.model.dtype, generates=False)
     round_prompts = (f.round_prompts or d.rollout_batch_size) if f.dynamic_sampling else d.rollout_batch_size
     gen_rows = math.ceil(round_prompts / n_gpus) * plan.completions_per_prompt
     if config.rollout.generation_batch_size:  # the HF engine generates at most this many at once
@@ -328,7 +328,7 @@ def _assumption_lines(plan: Plan) -> list[str]:
                  f"the micro-batch's whole logits instead would take {_fmt(full_logprob(plan), unit)} {name}")
     lines.append(f"  - update micro-batch: {plan_micro_rows(plan)} rows of {plan.prompt_tokens + r.max_new_tokens:,} "
                  f"tokens (train.micro_batch_size {c.train.micro_batch_size}), gradient checkpointing "
-                 f"{'on' if c.model.gradient_checkpointing and plan.command != 'sft' else 'off'}")
+                 f"{'on' if c.model.gradient_checkpointing else 'off'}")
     lines.append("  - not counted: CUDA context and allocator slack (3-6 GB), communication buffers, evaluation")
     lines += [f"  - {note}" for note in plan.notes]
     return lines

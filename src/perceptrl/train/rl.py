@@ -25,10 +25,11 @@ from perceptrl.data.sources import build_source, limit_prompt_length
 from perceptrl.train.heldout import evaluate_greedy
 from perceptrl.models.engines import build_engine
 from perceptrl.models.loading import check_model, load_policy
-from perceptrl.models.lora import prepare_for_training, reference_policy, save_final_model
+from perceptrl.models.lora import prepare_for_training, reference_policy
 from perceptrl.rewards import RewardFunction, get_template
 from perceptrl.train.checkpoint import crash_point, latest_checkpoint, load_checkpoint, save_checkpoint
 from perceptrl.train.distributed import Distributed
+from perceptrl.train.final_model import save_final_model
 from perceptrl.train.logging import MetricsLogger, progress
 from perceptrl.train.recipe import build_recipe
 from perceptrl.train.rollout import collect_rollout, score_rollout

@@ -4,6 +4,11 @@ The target completion of a sample is the prompt template's rendering of its shor
 rationale and gold answer, followed by the end-of-turn token. The loss is the mean
 negative log-likelihood of the target tokens (``token_mean``), computed with the same
 ``Policy.score`` the RL update uses.
+
+The model is prepared as ``perceptrl train`` prepares it (``models.lora.prepare_for_training``):
+LoRA adapters, a frozen vision tower, float32 master weights under mixed precision and gradient
+checkpointing, each as ``config.model`` asks; the end-of-run save is the RL one (under LoRA the
+adapter in ``adapter/`` and the merged model in ``final/``).
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ from perceptrl.data.sources import build_source
 from perceptrl.data.types import Sample
 from perceptrl.train.heldout import evaluate_greedy
 from perceptrl.models.loading import check_model, load_policy
-from perceptrl.models.precision import use_master_weights
+from perceptrl.models.lora import prepare_for_training
 from perceptrl.models.policy import Policy
 from perceptrl.rewards import RewardFunction, get_template
-from perceptrl.train.checkpoint import save_final
 from perceptrl.train.logging import MetricsLogger, progress
+from perceptrl.train.final_model import save_final_model
 from perceptrl.train.rl import TrainResult, make_optimizer, setup_torch
 from perceptrl.train.run_dir import RunDir
 
@@ -63,7 +68,8 @@ def _sft(config: Config, policy: Policy | None, source, run: RunDir) -> TrainRes
     t_cfg = config.train
     out_dir = run.path
     setup_torch(config)
-    policy = use_master_weights(policy or load_policy(config.model, config.data.system_prompt), config.model.dtype)
+    # LoRA, frozen vision tower, master weights, gradient checkpointing: as perceptrl train does.
+    policy = prepare_for_training(policy or load_policy(config.model, config.data.system_prompt), config.model)
     policy.set_pixel_bounds(config.data.min_pixels, config.data.max_pixels)
     run.begin()  # config.yaml and run.json; files of a replaced or interrupted run removed
     template = get_template(config.data.template)
@@ -95,7 +101,8 @@ def _sft(config: Config, policy: Policy | None, source, run: RunDir) -> TrainRes
             loss = aggregate(-lp, mask[rows].float(), "token_mean", global_tokens=total_tokens)
             loss.backward()
             loss_value += float(loss.detach())
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), t_cfg.max_grad_norm)
+        trainable = [p for p in policy.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t_cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         metrics = {"sft/loss": loss_value, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
@@ -112,6 +119,6 @@ def _sft(config: Config, policy: Policy | None, source, run: RunDir) -> TrainRes
     logger.log(t_cfg.max_steps, {f"eval/{k}": v for k, v in after.items()})
     logger.close()
     if t_cfg.save_final:
-        save_final(policy.model, policy.processor, out_dir)  # atomic: tmp folder, fsync, rename
+        save_final_model(policy.model, policy.processor, out_dir)  # atomic; LoRA: merged final/ + adapter/
     run.finish(before, after, t_cfg.max_steps)  # run.json: finished; final/README.md: the model card
     return TrainResult(out_dir, before, after, history)

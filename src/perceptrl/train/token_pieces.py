@@ -20,9 +20,10 @@ it. Three pieces, each chosen by its own config section, make a method a YAML fi
   same weights, computed from the rollout policy.
 
 Plus :class:`DvrpRobustness`, DVRP's KL to an annealed noised view (a scoring view and a loss term;
-DVRP's masked-view term is PAPO's piece). Full-vocabulary quantities are computed from
-``Policy.score(with_logits=True)`` on ``token_signal.chunk_rows`` completions at a time (two
-``[rows, T, V]`` blocks in the model dtype; each reduction upcasts a few positions at a time).
+DVRP's masked-view term is PAPO's piece). Full-vocabulary quantities are computed in the model's output
+head, a chunk of tokens at a time (``models/logits.py``, a ``VocabReduction``): the counterfactual view is
+scored first and keeps its head input ``[rows, T, H]``; the clean forward's head then reduces both views'
+log-probs per chunk. Nothing of the vocabulary's size outlives a chunk.
 """
 
 from __future__ import annotations
@@ -32,17 +33,18 @@ import math
 import torch
 
 from perceptrl.algorithms.losses import masked_mean, perception_kl
+from perceptrl.models.logits import VocabReduction
 from perceptrl.algorithms.token_signals import (
     abs_log_ratio,
-    full_kl,
-    jsd_and_entropies,
+    full_kl_from_log_probs,
+    jsd_and_entropies_from_log_probs,
     pgpo_token_scale,
     response_mean,
     sampled_k3,
     selected_token_rescale,
     tor_token_weights,
     top_fraction_mask,
-    truncated_entropy,
+    truncated_entropy_from_log_probs,
     vepo_score,
     vppo_sequence_scale,
 )
@@ -89,14 +91,38 @@ class TokenSignal:
     view_name = "token_view"
 
     def __init__(self, metric: str, view, per_rollout: bool, micro_batch_size: int, temperature: float,
-                 chunk_rows: int = 4, need_entropy: bool = False, entropy_top_p: float = 1.0, vepo_alpha: float = 0.7):
+                 need_entropy: bool = False, entropy_top_p: float = 1.0, vepo_alpha: float = 0.7):
         self.metric, self.view, self.per_rollout = metric, view, per_rollout
-        self.micro_batch_size, self.temperature, self.chunk_rows = micro_batch_size, temperature, chunk_rows
+        self.micro_batch_size, self.temperature = micro_batch_size, temperature
         self.need_entropy, self.entropy_top_p, self.vepo_alpha = need_entropy, entropy_top_p, vepo_alpha
+        self.reduction = self._reduction()
 
-    @property
-    def needs_logits(self) -> bool:
-        return self.metric in FULL_VOCAB_METRICS or (self.need_entropy and self.entropy_top_p < 1.0)
+    def _reduction(self) -> VocabReduction | None:
+        """What the clean forward's output head computes per chunk beyond log-probs (None: nothing).
+
+        From the clean view's log-probs ``lp`` and, for the full-vocabulary metrics, the counterfactual
+        view's ``lq`` (both ``[chunk, V]`` at the sampling temperature): VPPO's ``KL(P||Q)``; VEPO's JSD
+        and both entropies; ToR's top-p truncated entropy of ``P``.
+        """
+        pair = self.metric in FULL_VOCAB_METRICS
+        top_p_entropy = self.need_entropy and self.entropy_top_p < 1.0
+        if not (pair or top_p_entropy):
+            return None
+        columns = {"kl_full": ("kl_full",), "vepo": ("jsd", "entropy_clean", "entropy_view")}.get(self.metric, ())
+        columns += ("entropy_top_p",) if top_p_entropy else ()
+        metric, top_p = self.metric, self.entropy_top_p
+
+        def reduce(lp, lq):
+            out = []
+            if metric == "kl_full":
+                out.append(full_kl_from_log_probs(lp, lq))
+            elif metric == "vepo":
+                out.extend(jsd_and_entropies_from_log_probs(lp, lq))
+            if top_p_entropy:
+                out.append(truncated_entropy_from_log_probs(lp, top_p))
+            return out
+
+        return VocabReduction(columns, reduce, pair=pair)
 
     def scoring_views(self, step: int) -> dict:
         if self.metric == "none":  # entropy only: no counterfactual view
@@ -112,7 +138,7 @@ class TokenSignal:
         signal = torch.zeros(comp.ids.shape, dtype=torch.float32, device=comp.ids.device)
         entropy = torch.zeros_like(signal) if self.need_entropy else None
         extra: dict[str, torch.Tensor] = {}
-        size = self.chunk_rows if self.needs_logits else self.micro_batch_size
+        size = self.micro_batch_size
         was_training = policy.model.training
         policy.model.eval()
         with timed("scoring/token_signal"):
@@ -137,18 +163,15 @@ class TokenSignal:
             rollout.stats[f"token_signal/{key}"] = float(masked_mean(value, mask)) if mask.any() else 0.0
 
     def _score(self, policy, rollout: Rollout, clean_rows, view_rows, ids, mask) -> dict[str, torch.Tensor]:
-        t = self.temperature
-        logits_clean = self.needs_logits
-        logits_view = self.metric in FULL_VOCAB_METRICS
-        want_entropy = self.need_entropy and not logits_clean
-        a = policy.score(rollout.prompts, clean_rows, ids, mask, temperature=t, with_entropy=want_entropy,
-                         with_logits=logits_clean)
+        t, reduction = self.temperature, self.reduction
+        pair = reduction is not None and reduction.pair
         b = None
-        if self.metric != "none":
-            b = policy.score(rollout.prompts, view_rows, ids, mask, temperature=t, with_logits=logits_view)
+        if self.metric != "none":  # first: its head input is the second distribution of a pair reduction
+            b = policy.score(rollout.prompts, view_rows, ids, mask, temperature=t, keep_hidden=pair)
+        a = policy.score(rollout.prompts, clean_rows, ids, mask, temperature=t,
+                         with_entropy=self.need_entropy and self.entropy_top_p >= 1.0,
+                         kl_hidden=b["hidden"] if pair else None, reduce=reduction)
         out: dict[str, torch.Tensor] = {}
-        la = _scaled(a["logits"], t) if logits_clean else None
-        lb = _scaled(b["logits"], t) if logits_view else None
         if self.metric == "none":
             pass
         elif self.metric == "k3":
@@ -156,21 +179,16 @@ class TokenSignal:
         elif self.metric == "abs_log_ratio":
             out["signal"] = abs_log_ratio(a["logprobs"], b["logprobs"])
         elif self.metric == "kl_full":
-            out["signal"] = full_kl(la, lb)
+            out["signal"] = a["kl_full"]
         elif self.metric == "vepo":
-            jsd, h, hv = jsd_and_entropies(la, lb)
+            jsd, h, hv = a["jsd"], a["entropy_clean"], a["entropy_view"]
             out["signal"] = vepo_score(jsd, h, hv, mask, self.vepo_alpha)
             out["jsd"], out["entropy_gap"] = jsd, (hv - h).abs()
         else:
             raise ValueError(f"unknown token signal metric {self.metric!r}")
         if self.need_entropy:
-            out["entropy"] = truncated_entropy(la, self.entropy_top_p) if logits_clean else a["entropy"]
+            out["entropy"] = a["entropy_top_p"] if self.entropy_top_p < 1.0 else a["entropy"]
         return out
-
-
-def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Logits at the sampling temperature (the log-probs of ``Policy.score`` are at it too)."""
-    return logits if temperature == 1.0 else logits / temperature
 
 
 def _update_mask(rollout: Rollout) -> torch.Tensor:
@@ -325,7 +343,7 @@ def build_token_pieces(config, world_size: int = 1):
     if sig.metric != "none" or need_entropy:
         extras.append(TokenSignal(
             sig.metric, make_token_view(sig.view), sig.per_rollout,
-            t_cfg.micro_batch_size, r_cfg.temperature, sig.chunk_rows, need_entropy, sel.entropy_top_p, sig.vepo_alpha,
+            t_cfg.micro_batch_size, r_cfg.temperature, need_entropy, sel.entropy_top_p, sig.vepo_alpha,
         ))
     if uses_signal or need_entropy:
         global_batch = t_cfg.global_batch_size or config.data.rollout_batch_size
