@@ -46,30 +46,17 @@ from perceptrl.models.byte_tokenizer import (
 )
 from perceptrl.models.processors import image_only_processor_class
 from perceptrl.models.real_shape import build_real_shape
-from perceptrl.models.tiny import build_tiny
+from perceptrl.models.tiny import TinyConfig, build_tiny
 
 FAMILY_NAMES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava_onevision")
 # Test models at real shapes (``perceptrl.models.real_shape``): real vocabulary and token ids.
 REAL_SHAPE_NAMES = ("qwen2_5_vl_real",)
 
-@dataclass
-class TinyFamilyConfig:
-    """Sizes shared by the tiny families (text and vision towers)."""
 
-    hidden_size: int = 128  # text hidden size
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
-    vision_hidden_size: int = 64
-    vision_depth: int = 2
-    vision_heads: int = 2
-    vision_intermediate_size: int = 128
-    max_position_embeddings: int = 4096
-    tie_word_embeddings: bool = True
-    # Qwen families: images are resized to keep their pixel count within these bounds.
-    min_pixels: int = 28 * 28
-    max_pixels: int = 224 * 224
+@dataclass
+class TinyFamilyConfig(TinyConfig):
+    """Sizes shared by the tiny families: the tiny model's (``models.tiny.TinyConfig``), plus LLaVA's tiling."""
+
     # LLaVA-OneVision: vision tile side (px) and the anyres grid, as multiples of the tile.
     llava_image_size: int = 56
     llava_patch_size: int = 14

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from perceptrl.models.processors import make_qwen_vl_processor
+from perceptrl.models.tiny import TinyConfig
 
 REAL_VOCAB_SIZE = 151_936  # Qwen2.5-VL config.json vocab_size (embedding rows, padded past the tokenizer)
 REGULAR_TOKENS = 151_643  # ids below the first added token
@@ -71,20 +72,11 @@ RELEASED_MAX_PIXELS = 12845056
 
 
 @dataclass
-class RealShapeConfig:
-    """Width and depth of the real-shape model (everything else is Qwen2.5-VL's)."""
+class RealShapeConfig(TinyConfig):
+    """Width and depth of the real-shape model: the tiny model's (``models.tiny.TinyConfig``); the
+    positions and pixel bounds are Qwen2.5-VL's, and so is everything ``build_real_shape`` fixes."""
 
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
-    vision_hidden_size: int = 64
-    vision_depth: int = 2
-    vision_heads: int = 2
-    vision_intermediate_size: int = 128
     max_position_embeddings: int = 32768
-    tie_word_embeddings: bool = True
     min_pixels: int = RELEASED_MIN_PIXELS
     max_pixels: int = RELEASED_MAX_PIXELS
 
