@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from perceptrl.models.byte_tokenizer import QWEN_CHAT_TEMPLATE
 from perceptrl.models.processors import make_qwen_vl_processor
 from perceptrl.models.tiny import TinyConfig
 
@@ -49,22 +50,15 @@ ADDED_TOKENS = (
 )
 NON_SPECIAL = ("<tool_call>", "</tool_call>")
 
-# Qwen2.5-VL-Instruct's chat template, reduced to images and text (no videos, no vision ids).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
+# Qwen2.5-VL-Instruct's chat template, reduced to images and text (no videos, no vision ids): the
+# byte-level Qwen template with the default system turn Qwen2.5-VL adds when a chat has none.
+_DEFAULT_SYSTEM_TURN = (
     "{% if loop.first and message['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
     "{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+_LOOP = "{% for message in messages %}"
+CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace(_LOOP, _LOOP + _DEFAULT_SYSTEM_TURN, 1)
 
 # Qwen2.5-VL's preprocessor_config.json: min_pixels 56 * 56, max_pixels 28 * 28 * 16384.
 RELEASED_MIN_PIXELS = 3136
