@@ -24,9 +24,10 @@ def test_tiny_test_runs_the_training_loop_without_math_verify_or_datasets(tmp_pa
     done = _run("--tiny-test", "--steps", "1", "--output", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["event"] for r in lines] == ["model", "step", "done"]
-    assert lines[0]["config"].endswith("Qwen2.5-VL-3B-Instruct/config.json")
-    step = lines[1]
+    assert [r["event"] for r in lines] == ["vllm", "model", "step", "done"]
+    assert isinstance(lines[0]["available"], bool) and (lines[0]["available"] or lines[0]["reason"])
+    assert lines[1]["config"].endswith("Qwen2.5-VL-3B-Instruct/config.json")
+    step = lines[2]
     for key in ("generation_s", "scoring_s", "update_s", "generated_tokens_per_s", "update_tokens_per_s",
                 "mfu_update", "mfu_step"):
         assert key in step

@@ -219,6 +219,7 @@ def evaluate_model(
         if progress:
             progress(f"loading model {config.model.path}")
         policy = load_policy(config.model, config.data.system_prompt)
+        policy.set_pixel_bounds(config.data.min_pixels, config.data.max_pixels)  # as the training loops do
     generator = PolicyGenerator(policy, template, settings.max_new_tokens, settings.batch_size,
                                 settings.temperature, settings.top_p)
     result = run_evaluation(samples, generator, reward_fn, settings, progress=progress)

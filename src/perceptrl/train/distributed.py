@@ -424,7 +424,7 @@ class Distributed:
             from perceptrl.config import ConfigError
 
             raise ConfigError("resuming a DeepSpeed run from a checkpoint is not supported (ZeRO keeps its own "
-                              "optimizer state); set train.resume=none or use a fresh train.output_dir")
+                              "optimizer state); set train.resume=none train.overwrite=true to start over, or use a fresh train.output_dir")
         if not self.fsdp:
             return self.unwrap(model), optimizer
         return ShardingModelLoader(self.unwrap(model)), ShardingOptimizerLoader(optimizer)
