@@ -1,13 +1,16 @@
 """Does GRPO learn on the built-in benchmark? Held-out avg@8 / pass@8 / greedy, real reward vs placebo.
 
-    python benchmarks/grpo_learning.py --seeds 0 1 2 3 4                  # the issue-15 measurement
-    python benchmarks/grpo_learning.py --seeds 0 --eval-every 50 --controls real   # one learning curve
+    python benchmarks/grpo_learning.py --seeds 0 1 2 3 4                  # the issue-15 measurement (400 steps)
+    python benchmarks/grpo_learning.py --seeds 0 --eval-every 100 --controls real  # one learning curve
+    python benchmarks/grpo_learning.py --steps 60 --val 32        # the setting of tests/test_learning.py
     python benchmarks/grpo_learning.py --update rft ...      # supervised on the policy's correct samples
     python benchmarks/grpo_learning.py --freeze vision ...   # vision tower and merger frozen
 
 For each seed and each control (``--controls``, default ``real placebo``): GRPO (recipes/grpo.yaml)
 from the shipped warm start on the benchmark (``perceptrl.demo.BENCHMARK``: its families, 112 px,
-``boxed``) with ``--prompts`` x ``--n`` completions x 32 new tokens per step, one torch thread. At
+``boxed``) with ``--prompts`` x ``--n`` completions x 32 new tokens per step, one torch thread, and the
+recipe's update as it is (recipes/grpo.yaml: PPO mini-batches of 2 prompts, so 4 optimizer steps per
+rollout step of 8 prompts, ratio clipping 0.2 / 0.3 with dual clip 3, k3 KL 0.01). At
 the start, every ``--eval-every`` steps and at the end, the held-out set (``--val`` items per
 family, the suite's fixed test items) is evaluated as ``perceptrl eval`` does
 (``perceptrl.eval.runner``): greedy, ``--k`` samples per item at T = 1 (avg@k, unbiased pass@k,
@@ -203,7 +206,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--controls", nargs="+", choices=["real", "placebo"], default=["real", "placebo"])
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
     parser.add_argument("--n", type=int, default=8, help="completions per prompt")
     parser.add_argument("--val", type=int, default=64, help="held-out items per family")
