@@ -56,14 +56,17 @@ warmstart: $(VENV)/.base
 # folders go to runs/results, reports to docs/results. Three stages:
 # 1. perceptrl compare: learning-rate tuning with the same budget per method, then every method x 5 seeds
 #    x 400 steps of 8 prompts x 8 completions (the setting of benchmarks/grpo_learning.py, where GRPO's
-#    held-out avg@8 rises by more than 0.1 over 5 seeds and a placebo reward's does not);
+#    held-out avg@8 rises by +0.085 [+0.043, +0.127] over 5 seeds and a placebo reward's falls);
 # 2. benchmarks/results_avg_at_k.py: the headline, held-out avg@8 at T = 1 (PAPO's metric), pass@8 and
 #    greedy accuracy of every final model, paired 95% intervals over seeds, the shortcut family's probe
 #    and the papers' claims judged on avg@8 (docs/results/avg_at_k.md);
 # 3. the NoisyGRPO supplement at lower learning rates.
-# NOT YET RUN on this benchmark: it waits for issue 12 (PPO mini-batch semantics, matched baselines,
-# DUPL released and its ablations as recipes, a tuning split apart from the test set). Estimated from the
-# measured CPU time per step (0.3-0.5 s for GRPO, up to 1.6x for DUPL), about 2 hours on 2 idle cores.
+# NOT YET RUN on this benchmark (docs/RESULTS.md says so). Estimated from the CPU time measured per
+# step with the recipes' PPO mini-batches (0.6 s for GRPO, more for the methods with extra passes):
+# about 3 hours or more on 2 idle cores; RESULTS_SEEDS / RESULTS_RECIPES shorten it.
+# Still open for issue 15 point 5: the tuning selects on the held-out test set (no tuning split is wired
+# into perceptrl compare yet), and DUPL's released variant and its ablation without u_per / u_out are not
+# in RESULTS_RECIPES.
 RESULTS_RECIPES ?= grpo dr_grpo dapo papo_g papo_d noisy_rollout noisy_grpo dupl dupl_dapo papo_noisy_rollout
 RESULTS_SEEDS ?= 0 1 2 3 4
 RESULTS_STEPS ?= 400
