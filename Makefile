@@ -61,9 +61,9 @@ warmstart: $(VENV)/.base
 #    greedy accuracy of every final model, paired 95% intervals over seeds, the shortcut family's probe
 #    and the papers' claims judged on avg@8 (docs/results/avg_at_k.md);
 # 3. the NoisyGRPO supplement at lower learning rates.
-# NOT YET RUN on this benchmark (docs/RESULTS.md says so). Estimated from the CPU time measured per
-# step with the recipes' PPO mini-batches (0.6 s for GRPO, more for the methods with extra passes):
-# about 3 hours or more on 2 idle cores; RESULTS_SEEDS / RESULTS_RECIPES shorten it.
+# NOT YET RUN on this benchmark (docs/RESULTS.md says so). Estimated from the CPU time per step measured
+# in the demo with the recipes' PPO mini-batches (0.67-1.03 s; GRPO 0.72, DUPL 1.03): about 22,000
+# CPU-seconds, about 3 hours on 2 idle cores; RESULTS_SEEDS / RESULTS_RECIPES shorten it.
 # Still open for issue 15 point 5: the tuning selects on the held-out test set (no tuning split is wired
 # into perceptrl compare yet), and DUPL's released variant and its ablation without u_per / u_out are not
 # in RESULTS_RECIPES.
