@@ -31,7 +31,7 @@ BENCHMARK = ["model.path=warmstart", f"data.families=[{','.join(BENCHMARK_FAMILI
 # steps. 100 because that is where GRPO's gain has arrived with the recipes' 4 optimizer steps per
 # rollout step: held-out avg@8 +0.083 [+0.068, +0.099] over 5 seeds at step 100, +0.085 at step 400
 # (benchmarks/results/issue15_notes.md, "Re-measured at the current recipe"), and because 5 methods x
-# 160 steps did not fit in 5 minutes on 2 cores.
+# 100 steps already take 4 min 51 s of wall time on 2 cores (480 CPU-s; README, "Two commands").
 FULL = dict(steps=100, prompts=8, n=8, val=32, tokens=32)
 QUICK = dict(steps=2, prompts=2, n=4, val=2, tokens=8)
 K = 8  # samples per held-out item: avg@8 at T = 1 is PAPO's metric
