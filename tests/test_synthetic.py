@@ -205,6 +205,9 @@ def solve(s: Sample) -> str:
     if s.family == "pope":
         colour, shape = re.fullmatch(r"Is there a (\w+) (\w+) in the image\?", q).groups()
         return "yes" if any(o["colour"] == colour and o["shape"] == shape for o in objs) else "no"
+    if s.family == "shortcut":
+        colour, shape = re.fullmatch(r"Do you see a (\w+) (\w+)\?", q).groups()
+        return "yes" if any(o["colour"] == colour and o["shape"] == shape for o in objs) else "no"
     if s.family == "compare":
         attr, extreme = re.match(r"Which (colour|shape) (?:has|is) the (most|fewest|least)", q).groups()
         opts = options_of(q)
@@ -286,25 +289,34 @@ def test_arith_metadata_agrees_with_pixels():
             assert read_numbers(s.images[0]) == sorted(s.meta["numbers"])
 
 
+def check_rationale(s: Sample) -> None:
+    """The rationale states the sample's answer (whether or not that answer is true)."""
+    r, fam = s.meta["rationale"], s.family
+    assert 0 < len(r) <= 22, r
+    if fam == "count":
+        n = int(s.answer)
+        assert r.split()[0] == s.answer and r.endswith("s") == (n != 1), r
+    elif fam in ("arith", "text"):
+        assert r.endswith("=" + s.answer) or r.split()[0] == s.answer, r
+    elif fam == "compare":
+        assert r.split()[0] == options_of(s.problem)[s.answer]
+    elif fam in ("pope", "shortcut"):
+        assert r.startswith("no ") == (s.answer == "no"), r
+        assert r.endswith(" ".join(s.meta["asked"])) or r.endswith(" ".join(s.meta["asked"]) + "s"), r
+    elif fam == "spatial" and s.answer_type == "choice":
+        assert r.split()[0] == options_of(s.problem)[s.answer]
+    elif fam == "spatial":
+        a, rel, b = re.fullmatch(r"Is the (\w+) shape (.+) the (\w+) shape\?", s.problem).groups()
+        assert (r == f"{a} {rel} {b}") == (s.answer == "yes"), (r, s.problem, s.answer)
+    else:
+        raise AssertionError(f"no rationale check for {fam}")
+
+
 def test_rationale_supports_answer():
     for d in DIFFS:
         for fam in ALL:
             for s in samples(fam, d, 40):
-                r = s.meta["rationale"]
-                assert 0 < len(r) <= 22, r
-                if fam == "count":
-                    assert r.split()[0] == s.answer
-                elif fam in ("arith", "text"):
-                    assert r.endswith("=" + s.answer) or r.split()[0] == s.answer, r
-                elif fam == "compare":
-                    assert r.split()[0] == options_of(s.problem)[s.answer]
-                elif fam == "pope":
-                    assert r.startswith("no ") == (s.answer == "no"), r
-                elif fam == "spatial" and s.answer_type == "choice":
-                    assert r.split()[0] == options_of(s.problem)[s.answer]
-                elif fam == "spatial":
-                    a, rel, b = re.fullmatch(r"Is the (\w+) shape (.+) the (\w+) shape\?", s.problem).groups()
-                    assert (r == f"{a} {rel} {b}") == (s.answer == "yes"), (r, s.problem, s.answer)
+                check_rationale(s)
 
 
 # ----------------------------------------------------------------------------- the oracle can fail
@@ -402,7 +414,7 @@ def test_every_family_and_difficulty_gives_valid_samples(family):
 
 
 def test_bad_arguments_are_rejected():
-    with pytest.raises(ValueError, match="count.*arith.*compare.*spatial.*pope.*text"):
+    with pytest.raises(ValueError, match="count.*arith.*compare.*spatial.*pope.*text.*shortcut"):
         get_family("nope")
     with pytest.raises(ValueError, match="multiple of 28"):
         SyntheticTask(image_size=60)
@@ -437,6 +449,51 @@ def test_answer_balance():
         assert 0.4 < np.mean(yes) < 0.6, fam
     letters = [s.answer for s in samples("compare", 1, 600)]
     assert all(0.25 < letters.count(k) / 600 < 0.42 for k in "ABC")
+
+
+def test_shortcut_cue_predicts_the_answer_in_training_only():
+    for d in DIFFS:
+        task = SyntheticTask(["shortcut"], difficulty=d, decontaminate=False)
+        train = [task.train_sample(i) for i in range(800)]
+        test = task.test_set(800)
+        holds = lambda xs: np.mean([s.meta["cue_holds"] for s in xs])  # noqa: E731
+        # 800 items: standard error 0.014 (train) and 0.018 (test).
+        assert 0.75 < holds(train) < 0.85 and 0.44 < holds(test) < 0.56, (d, holds(train), holds(test))
+        for s in train + test:
+            assert s.meta["cue"] == ("yes" if s.meta["asked"][0] in ("red", "blue", "purple") else "no")
+            assert s.meta["cue_holds"] == (s.answer == s.meta["cue"])
+        # The cue alone: 80% in training, chance held out; answering "yes" always: chance in both.
+        for xs in (train, test):
+            assert 0.4 < np.mean([s.answer == "yes" for s in xs]) < 0.6
+    # Near misses: most "no" scenes hold the asked colour or the asked shape.
+    xs = [s for s in test if s.answer == "no"]
+    near = [any(o[0] == s.meta["asked"][0] or o[1] == s.meta["asked"][1] for o in s.meta["objects"]) for s in xs]
+    assert np.mean(near) > 0.8
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_label_noise_makes_a_share_of_training_answers_wrong_and_says_so(family):
+    for d in DIFFS:
+        clean = SyntheticTask([family], difficulty=d, seed=3, decontaminate=False)
+        noisy = SyntheticTask([family], difficulty=d, seed=3, decontaminate=False, label_noise=0.4)
+        wrong = 0
+        for i in range(60):
+            a, b = clean.train_sample(i), noisy.train_sample(i)
+            assert a.images[0].tobytes() == b.images[0].tobytes() and a.problem == b.problem
+            if b.meta.get("label_noise"):
+                wrong += 1
+                assert b.answer != a.answer and b.meta["true_answer"] == a.answer
+                assert solve(b) == a.answer  # the pixels (or the text) still give the true answer
+                check_rationale(b)  # the rationale states the wrong answer consistently
+                assert b.answer_type == a.answer_type
+                if b.answer_type == "choice":
+                    assert b.answer in options_of(b.problem)
+            else:
+                assert sample_digest(a) == sample_digest(b)
+        assert 12 <= wrong <= 36, wrong  # 60 draws at 0.4: mean 24, sd 3.8
+        assert sample_digest(noisy.test_sample(family, 0)) == sample_digest(clean.test_sample(family, 0))
+    with pytest.raises(ValueError, match="label_noise"):
+        SyntheticTask([family], label_noise=1.0)
 
 
 def test_pope_modes_mean_what_they_say():
@@ -506,17 +563,27 @@ def test_test_set_is_stable_and_prefix_consistent():
 
 # Pinned: an accidental change to anything the test set contains (pixels included) fails here.
 # An intentional change must bump SUITE_VERSION and re-pin.
+# The six families of suite version 1 keep their pin: adding ``shortcut`` changed none of their items.
+FIRST_SIX = ["count", "arith", "compare", "spatial", "pope", "text"]
 PINNED = {
     1: "030001e034d6d789dfbb0953dbbac8eb483447b4578602e41ec47730717a536a",
     2: "253783952955430c83cec6a3a0b5d9ab3a77449609df202e1c9c4e0fd6234157",
     3: "ef121a5b450436ec65bf1a85a22ec31309fb675a5f54bd807a2dcbb9d3829ccd",
 }
+PINNED_SHORTCUT = {
+    1: "7ec9d6ecd7680373546985b9e62a1941b09028412e8e413d6be183f28a13f8cc",
+    2: "162e79eb619689ff8496fa196c5269f57822746a79fa7825bc8c5f86cb20579f",
+    3: "ffac27e39f7e5a49597f3ca478857a3c0acdd54119d880c567229d3bc8826990",
+}
 
 
 def test_test_set_hash_is_pinned():
     assert SUITE_VERSION == 1
-    got = {d: SyntheticTask(ALL, difficulty=d).build_suite_manifest(n_per_family=20)["sha256"] for d in DIFFS}
+    assert ALL == FIRST_SIX + ["shortcut"]
+    got = {d: SyntheticTask(FIRST_SIX, difficulty=d).build_suite_manifest(n_per_family=20)["sha256"] for d in DIFFS}
     assert got == PINNED
+    got = {d: SyntheticTask(["shortcut"], difficulty=d).build_suite_manifest(n_per_family=20)["sha256"] for d in DIFFS}
+    assert got == PINNED_SHORTCUT
     m = build_suite_manifest(n_per_family=3)
     assert m["suite_version"] == SUITE_VERSION and set(m["difficulties"]) == {"1", "2", "3"}
 
@@ -555,3 +622,18 @@ def test_sampling_is_fast():
     for i in range(1000):
         task.train_sample(i)
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_label_noise_is_a_data_setting_of_the_builtin_suite():
+    from perceptrl.config import ConfigError, load_config
+    from perceptrl.data.sources import build_source
+
+    config = load_config("recipes/warmstart.yaml", ["data.families=[pope]", "data.label_noise=0.3"])
+    source = build_source(config.data, seed=0)
+    assert source.task.label_noise == 0.3
+    assert sum(bool(source.train_sample(i).meta.get("label_noise")) for i in range(100)) in range(18, 43)
+    assert not any(s.meta.get("label_noise") for s in source.val_samples())
+    with pytest.raises(ConfigError, match=r"data.label_noise must be in \[0, 1\)"):
+        load_config("recipes/warmstart.yaml", ["data.label_noise=1.0"])
+    with pytest.raises(ConfigError, match="data.label_noise applies to the built-in suite only"):
+        load_config("recipes/warmstart.yaml", ["data.label_noise=0.2", "data.train_files=x.jsonl"])

@@ -57,6 +57,7 @@ class DataConfig:
     template: str = "boxed"  # prompt template name (perceptrl.rewards.templates)
     families: list[str] = field(default_factory=lambda: ["count"])  # synthetic families
     difficulty: int = 1
+    label_noise: float = 0.0  # synthetic suite: share of training answers made wrong, rationale included (test: never)
     image_size: int = 112
     val_per_family: int = 64  # held-out prompts per family for evaluation during training
     system_prompt: str | None = None
@@ -719,6 +720,8 @@ def _data_checks(config: Config) -> list[tuple[bool, str]]:
         (d.template in PROMPT_TEMPLATES,
          f"data.template: unknown prompt template {d.template!r}; valid names: {', '.join(sorted(PROMPT_TEMPLATES))}"),
     ]
+    checks.append((0 <= d.label_noise < 1, f"data.label_noise must be in [0, 1), got {d.label_noise}"))
+    checks.append((not (d.label_noise and d.train_files), "data.label_noise applies to the built-in suite only"))
     if not d.train_files:  # the built-in synthetic suite
         from perceptrl.data.synthetic import FAMILIES
 

@@ -23,10 +23,12 @@ class PromptSource(Protocol):
 class SyntheticSource:
     """The built-in suite: unlimited seeded training prompts, a fixed held-out set."""
 
-    def __init__(self, families: list[str], difficulty: int, image_size: int, seed: int, val_per_family: int):
+    def __init__(self, families: list[str], difficulty: int, image_size: int, seed: int, val_per_family: int,
+                 label_noise: float = 0.0):
         from perceptrl.data.synthetic import SyntheticTask
 
-        self.task = SyntheticTask(families=families, difficulty=difficulty, image_size=image_size, seed=seed)
+        self.task = SyntheticTask(families=families, difficulty=difficulty, image_size=image_size, seed=seed,
+                                  label_noise=label_noise)
         self.val_per_family = val_per_family
 
     def train_sample(self, index: int) -> Sample:
@@ -41,7 +43,8 @@ def build_source(data_cfg, seed: int) -> PromptSource:
         from perceptrl.data.files import FileSource
 
         return FileSource(data_cfg, seed)
-    return SyntheticSource(data_cfg.families, data_cfg.difficulty, data_cfg.image_size, seed, data_cfg.val_per_family)
+    return SyntheticSource(data_cfg.families, data_cfg.difficulty, data_cfg.image_size, seed, data_cfg.val_per_family,
+                           data_cfg.label_noise)
 
 
 def _where(sample: Sample) -> tuple[str, int | None]:

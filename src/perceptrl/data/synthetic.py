@@ -1,6 +1,6 @@
 """A built-in, offline, seeded, unlimited synthetic visual benchmark where perception matters.
 
-Six families (``FAMILIES``), each with difficulties 1..3, drawn as RGB images whose side is a
+Seven families (``FAMILIES``), each with difficulties 1..3, drawn as RGB images whose side is a
 multiple of 28 (default 56, i.e. 4 x 4 patches of 14 px, one shape per patch):
 
 ========  ==========================================================  ============
@@ -12,7 +12,13 @@ compare   Which colour has the most shapes? (A) red (B) blue ...      choice
 spatial   Is the red shape left of the blue shape? / Which colour...  yesno/choice
 pope      Is there a red circle in the image? (random/popular/adv.)   yesno
 text      What is 3 plus 5? (image is noise; vision_dependent=False)  integer
+shortcut  Do you see a red circle? (colour word = answer, train only)  yesno
 ========  ==========================================================  ============
+
+``shortcut`` is the one family whose training and test distributions differ on purpose: in
+training the colour named predicts the answer 80% of the time, in the test set it predicts nothing
+(``perceptrl.data.families.shortcut``). ``label_noise`` makes a fraction of training answers wrong
+(with rationales that state them), for a miscalibrated warm start.
 
 Every sample carries ``meta["difficulty"]`` and a short ``meta["rationale"]`` (under about 20
 characters, e.g. ``"2 red circles"``) usable as the reasoning of an SFT target, plus the scene.
@@ -51,6 +57,7 @@ from perceptrl.data.families import (
     CountFamily,
     Family,
     PopeFamily,
+    ShortcutFamily,
     SpatialFamily,
     TextFamily,
 )
@@ -76,11 +83,13 @@ __all__ = [
 SUITE_VERSION = 1
 TEST_SEED = 20260417  # never change; bump SUITE_VERSION instead
 TEST_POOL_SIZE = 1000  # test items per family; training never shows one of their images
-_TRAIN_KEY, _TEST_KEY = 0, 1
+_TRAIN_KEY, _TEST_KEY, _NOISE_KEY = 0, 1, 2
 _MAX_REDRAWS = 100
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (CountFamily(), ArithFamily(), CompareFamily(), SpatialFamily(), PopeFamily(), TextFamily())
+    f.name: f
+    for f in (CountFamily(), ArithFamily(), CompareFamily(), SpatialFamily(), PopeFamily(), TextFamily(),
+              ShortcutFamily())
 }
 
 
@@ -156,6 +165,12 @@ class SyntheticTask:
             family at the same difficulty and image size. This is rare (a small scene can repeat
             by chance, about 1 in 1000 at difficulty 1) and makes train/test image-disjointness a
             guarantee; the first training sample per (difficulty, size) in a process costs ~1.5 s.
+        label_noise: fraction of *training* samples whose answer is replaced by a wrong one, with
+            a rationale that states it (``Family.mislabel``: a confident misperception). Decided
+            per index from a random stream of its own, so the clean samples are exactly those of
+            the noiseless stream. Supervised on such data a model learns the right answer's
+            features but spreads its probability over wrong answers (a miscalibrated warm start,
+            ``recipes/warmstart.yaml``); in RL it is reward noise. The test set is never noisy.
     """
 
     def __init__(
@@ -166,6 +181,7 @@ class SyntheticTask:
         seed: int = 0,
         weights: Mapping[str, float] | None = None,
         decontaminate: bool = True,
+        label_noise: float = 0.0,
     ):
         if isinstance(families, str):
             families = list(FAMILIES) if families == "all" else [families]
@@ -183,6 +199,9 @@ class SyntheticTask:
         self.image_size = check_image_size(image_size)
         self.seed = int(seed)
         self.decontaminate = bool(decontaminate)
+        if not (isinstance(label_noise, (int, float)) and 0.0 <= label_noise < 1.0):
+            raise ValueError(f"label_noise must be in [0, 1), got {label_noise!r}")
+        self.label_noise = float(label_noise)
         self._probs = None
         if weights is not None:
             unknown = set(weights) - set(families)
@@ -194,9 +213,10 @@ class SyntheticTask:
             self._probs = w / w.sum()
 
     def __repr__(self) -> str:
+        noise = f", label_noise={self.label_noise}" if self.label_noise else ""
         return (
             f"SyntheticTask(families={self.families}, difficulty={self.difficulty}, "
-            f"image_size={self.image_size}, seed={self.seed})"
+            f"image_size={self.image_size}, seed={self.seed}{noise})"
         )
 
     # ------------------------------------------------------------------ training
@@ -220,6 +240,10 @@ class SyntheticTask:
                 s = fam.sample(rng, self.difficulty, self.image_size)
             else:  # pragma: no cover
                 raise RuntimeError(f"{name}: {_MAX_REDRAWS} training draws in a row were test images")
+        if self.label_noise:
+            noise = _rng(seed, _NOISE_KEY, index)
+            if noise.random() < self.label_noise:
+                s = fam.mislabel(s, noise)
         s.id = f"{name}-v{SUITE_VERSION}-train-s{seed}-d{self.difficulty}-{self.image_size}px-{index}"
         s.meta.update(split="train", index=int(index))
         return s
@@ -239,7 +263,7 @@ class SyntheticTask:
         """Item ``index`` of ``family``'s held-out test set (independent of the task's seed)."""
         fam = get_family(family)
         rng = _rng(TEST_SEED, _TEST_KEY, SUITE_VERSION, _family_key(family), self.difficulty, index)
-        s = fam.sample(rng, self.difficulty, self.image_size)
+        s = fam.sample(rng, self.difficulty, self.image_size, split="test")
         s.id = f"{family}-v{SUITE_VERSION}-test-d{self.difficulty}-{self.image_size}px-{index}"
         s.meta.update(split="test", index=int(index))
         return s

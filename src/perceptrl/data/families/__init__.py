@@ -5,6 +5,7 @@ from perceptrl.data.families.base import DIFFICULTIES, Draft, Family
 from perceptrl.data.families.compare import CompareFamily
 from perceptrl.data.families.count import CountFamily
 from perceptrl.data.families.pope import POPE_MODES, PopeFamily
+from perceptrl.data.families.shortcut import ShortcutFamily
 from perceptrl.data.families.spatial import SpatialFamily
 from perceptrl.data.families.text import TextFamily
 
@@ -17,6 +18,7 @@ __all__ = [
     "Draft",
     "Family",
     "PopeFamily",
+    "ShortcutFamily",
     "SpatialFamily",
     "TextFamily",
 ]

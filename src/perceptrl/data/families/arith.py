@@ -50,6 +50,33 @@ def _apart(a, b, cell):
     return v_gap >= 3 or h_gap >= round(0.7 * cell)
 
 
+def solve(op: str, reading: list[int]) -> tuple[int, str]:
+    """The answer and its one-line working ("3+5=8", "7-2=5", "3*4=12") for numbers read left to right."""
+    if op == "sum":
+        answer = sum(reading)
+        return answer, "+".join(map(str, reading)) + f"={answer}"
+    if op == "diff":
+        a, b = max(reading), min(reading)
+        return a - b, f"{a}-{b}={a - b}"
+    return reading[0] * reading[1], f"{reading[0]}*{reading[1]}={reading[0] * reading[1]}"
+
+
+def misread(rng, op: str, reading: list[int], low: int, high: int) -> tuple[int, str]:
+    """A wrong answer from one number misread as another value in ``low..high`` (distinct numbers
+    stay distinct for ``diff``), with the working that misreading gives."""
+    answer, _ = solve(op, reading)
+    for _ in range(1000):
+        i = int(rng.integers(len(reading)))
+        wrong = list(reading)
+        wrong[i] = int(rng.integers(low, high + 1))
+        if op == "diff" and len(set(wrong)) < len(wrong):
+            continue
+        got, working = solve(op, wrong)
+        if got != answer:
+            return got, working
+    raise AssertionError(f"no misreading changes {op}{reading}")  # pragma: no cover
+
+
 class ArithFamily(Family):
     name = "arith"
     answer_types = ("integer",)
@@ -103,16 +130,7 @@ class ArithFamily(Family):
             draw_objects(arr, objs)
 
         reading = [b[2] for b in sorted(boxes, key=lambda b: (b[0][0], b[0][1]))]  # left to right
-        if op == "sum":
-            answer = sum(nums)
-            rationale = "+".join(map(str, reading)) + f"={answer}"
-        elif op == "diff":
-            a, b = max(nums), min(nums)
-            answer = a - b
-            rationale = f"{a}-{b}={answer}"
-        else:
-            answer = nums[0] * nums[1]
-            rationale = f"{reading[0]}*{reading[1]}={answer}"
+        answer, rationale = solve(op, reading)
         assert set(COLORS.values()).isdisjoint({INK})
         return Draft(
             image=to_image(arr),
@@ -127,3 +145,10 @@ class ArithFamily(Family):
                 "objects": [o.to_meta() for o in objs],
             },
         )
+
+    def _wrong(self, sample, rng):
+        """One number misread: "3+6=9" for "3+5=8"."""
+        op, reading = sample.meta["op"], sample.meta["numbers"]
+        _, _, low, high = next(o for o in SETTINGS[sample.meta["difficulty"]]["ops"] if o[0] == op and o[1] == len(reading))
+        answer, working = misread(rng, op, reading, low, high)
+        return str(answer), working

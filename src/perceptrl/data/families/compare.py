@@ -83,3 +83,14 @@ class CompareFamily(Family):
                 "objects": [o.to_meta() for o in objs],
             },
         )
+
+    def _wrong(self, sample, rng):
+        """Another option seen as the extreme: its count and the true answer's swapped."""
+        options, counts, extreme = sample.meta["options"], list(sample.meta["counts"]), sample.meta["extreme"]
+        right = ord(sample.answer) - 65
+        j = pick(rng, [i for i in range(len(options)) if i != right])
+        counts[right], counts[j] = counts[j], counts[right]
+        others = [i for i in range(len(options)) if i != j]
+        runner = max(others, key=lambda i: counts[i]) if extreme == "most" else min(others, key=lambda i: counts[i])
+        rel = ">" if extreme == "most" else "<"
+        return chr(65 + j), f"{options[j]} {counts[j]}{rel}{options[runner]} {counts[runner]}"

@@ -14,6 +14,13 @@ SETTINGS = {
 }
 
 
+def _noun(color: str | None, shape: str | None, n: int) -> str:
+    """The counted noun phrase in the number ``n`` asks for: "red circles", "red shapes" or "circles"."""
+    if color is None:
+        return plural(shape, n)
+    return f"{color} {plural(shape or 'shape', n)}"
+
+
 class CountFamily(Family):
     name = "count"
     answer_types = ("integer",)
@@ -51,23 +58,23 @@ class CountFamily(Family):
         objs = place_objects(rng, specs, image_size)
         assert sum(is_target(o.color, o.shape) for o in objs) == n
 
-        if kind == "colour_shape":
-            noun = f"{color} {plural(shape, 2)}"
-            rationale = f"{n} {color} {plural(shape, n)}"
-        elif kind == "colour":
-            noun = f"{color} shapes"
-            rationale = f"{n} {color} {plural('shape', n)}"
-        else:
-            noun = plural(shape, 2)
-            rationale = f"{n} {plural(shape, n)}"
+        query_color, query_shape = (color if kind != "shape" else None), (shape if kind != "colour" else None)
         return Draft(
             image=render(objs, image_size, bg),
-            problem=f"How many {noun} are there?",
+            problem=f"How many {_noun(query_color, query_shape, 2)} are there?",
             answer=str(n),
             answer_type="integer",
-            rationale=rationale,
+            rationale=f"{n} {_noun(query_color, query_shape, n)}",
             meta={
-                "query": {"color": color if kind != "shape" else None, "shape": shape if kind != "colour" else None},
+                "query": {"color": query_color, "shape": query_shape},
                 "objects": [o.to_meta() for o in objs],
             },
         )
+
+    def _wrong(self, sample, rng):
+        """Another count in the family's range, stated as if seen: "3 red circles" for 2."""
+        n = int(sample.answer)
+        top = SETTINGS[sample.meta["difficulty"]]["max_target"]
+        m = pick(rng, [x for x in range(top + 1) if x != n])
+        query = sample.meta["query"]
+        return str(m), f"{m} {_noun(query['color'], query['shape'], m)}"

@@ -113,3 +113,8 @@ class PopeFamily(Family):
             rationale=f"{k} {color} {plural(shape, k)}" if k else f"no {color} {shape}",
             meta={"pope_mode": mode, "asked": [color, shape], "objects": [o.to_meta() for o in objs]},
         )
+
+    def _wrong(self, sample, rng):
+        """An absent object seen, or a present one missed."""
+        color, shape = sample.meta["asked"]
+        return ("no", f"no {color} {shape}") if sample.answer == "yes" else ("yes", f"1 {color} {shape}")

@@ -93,3 +93,14 @@ class SpatialFamily(Family):
         problem = f"Which colour is {rel} the {ref.color} shape? {choice_text([o.color for o in opts])}"
         meta = {"relation": rel, "reference": ref.color, "options": [o.color for o in opts]}
         return problem, answer, "choice", f"{right.color} {rel} {ref.color}", meta
+
+    def _wrong(self, sample, rng):
+        """The relation seen reversed ("red right of blue" for "red left of blue"), or another option."""
+        meta = sample.meta
+        if sample.answer_type == "yesno":
+            a, b = meta["pair"]
+            truth = meta["relation"] if sample.answer == "yes" else OPPOSITE[meta["relation"]]
+            return ("no" if sample.answer == "yes" else "yes"), f"{a} {OPPOSITE[truth]} {b}"
+        right = ord(sample.answer) - 65
+        j = pick(rng, [i for i in range(len(meta["options"])) if i != right])
+        return chr(65 + j), f"{meta['options'][j]} {meta['relation']} {meta['reference']}"

@@ -70,3 +70,15 @@ class TextFamily(Family):
             rationale = parts[i]
             question = f"How many {c} {plural(s, 2)} are there?"
         return f"A picture shows {scene}. {question}", total, rationale, {"kind": "described"}
+
+    def _wrong(self, sample, rng):
+        """A slip: the total off by 1 or 2 ("3+5=9"), or a group miscounted ("3 red circles" for 2)."""
+        answer = int(sample.answer)
+        working = str(sample.meta["rationale"])
+        if "=" in working:
+            wrong = pick(rng, [answer + d for d in (-2, -1, 1, 2) if answer + d >= 0])
+            return str(wrong), working.rsplit("=", 1)[0] + f"={wrong}"
+        count, *words = working.split(" ")  # "2 red circles" or "2 circles"
+        noun = words[-1][:-1] if int(count) != 1 else words[-1]
+        wrong = pick(rng, [n for n in range(1, 5) if n != answer])
+        return str(wrong), " ".join([str(wrong), *words[:-1], plural(noun, wrong)])
