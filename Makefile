@@ -81,7 +81,7 @@ results: $(VENV)/.base
 	$(VENV)/bin/perceptrl compare $(RESULTS_ARGS)
 	$(PY) benchmarks/results_avg_at_k.py --runs-dir runs/results --output docs/results/avg_at_k.md
 	# supplement (outside the equal tuning budget): NoisyGRPO at lower learning rates
-	for lr in 1e-5 2e-5; do \
+	for lr in 5e-6 1e-5; do \
 		$(VENV)/bin/perceptrl compare --recipes noisy_grpo --seeds $(RESULTS_SEEDS) --jobs 2 --threads 1 \
 			--output-dir docs/results/noisy_grpo_lr$$lr --runs-dir runs/results_noisy_grpo_lr$$lr \
 			--title "supplement: NoisyGRPO at lr $$lr (outside the equal tuning budget)" $(RESULTS_DATA) train.lr=$$lr; \

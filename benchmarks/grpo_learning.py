@@ -1,15 +1,15 @@
 """Does GRPO learn on the built-in benchmark? Held-out avg@8 / pass@8 / greedy, real reward vs placebo.
 
-    python benchmarks/grpo_learning.py --seeds 0 1 2 3 4                  # the issue-15 measurement (400 steps)
+    python benchmarks/grpo_learning.py --seeds 0 1 2 3 4 --steps 200      # the issue-15 measurement
     python benchmarks/grpo_learning.py --seeds 0 --eval-every 100 --controls real  # one learning curve
-    python benchmarks/grpo_learning.py --steps 60 --val 32        # the setting of tests/test_learning.py
+    python benchmarks/grpo_learning.py --lr 5e-5 --steps 60 --val 32  # the setting of tests/test_learning.py
     python benchmarks/grpo_learning.py --update rft ...      # supervised on the policy's correct samples
     python benchmarks/grpo_learning.py --freeze vision ...   # vision tower and merger frozen
 
 For each seed and each control (``--controls``, default ``real placebo``): GRPO (recipes/grpo.yaml)
 from the shipped warm start on the benchmark (``perceptrl.demo.BENCHMARK``: its families, 112 px,
 ``boxed``) with ``--prompts`` x ``--n`` completions x 32 new tokens per step, one torch thread, and the
-recipe's update as it is (recipes/grpo.yaml: PPO mini-batches of 2 prompts, so 4 optimizer steps per
+recipe's update and learning rate as they are (recipes/grpo.yaml: lr 2e-5, PPO mini-batches of 2 prompts, so 4 optimizer steps per
 rollout step of 8 prompts, ratio clipping 0.2 / 0.3 with dual clip 3, k3 KL 0.01). At
 the start, every ``--eval-every`` steps and at the end, the held-out set (``--val`` items per
 family, the suite's fixed test items) is evaluated as ``perceptrl eval`` does
@@ -122,7 +122,8 @@ def freeze(policy, what: str) -> None:
 
 
 def run(args, seed: int, control: str, out_dir: str) -> dict:
-    overrides = [*BENCHMARK, f"model.path={args.model}", f"train.seed={seed}", f"train.lr={args.lr}",
+    lr = [] if args.lr is None else [f"train.lr={args.lr}"]  # default: the recipe's own
+    overrides = [*BENCHMARK, f"model.path={args.model}", f"train.seed={seed}", *lr,
                  f"train.max_steps={args.steps}", f"data.val_per_family={args.val}",
                  f"data.rollout_batch_size={args.prompts}", f"rollout.n={args.n}", "rollout.max_new_tokens=32",
                  f"train.eval_every={args.eval_every}", f"train.output_dir={out_dir}", "train.progress=false",
@@ -158,7 +159,7 @@ def run(args, seed: int, control: str, out_dir: str) -> dict:
     q = max(1, len(acc) // 4)
     steps = [0, *(range(args.eval_every, args.steps, args.eval_every) if args.eval_every else []), args.steps]
     return {
-        "seed": seed, "control": control, "update": args.update, "freeze": args.freeze, "lr": args.lr,
+        "seed": seed, "control": control, "update": args.update, "freeze": args.freeze, "lr": config.train.lr,
         "steps": args.steps, "prompts": args.prompts, "n": args.n, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
         "train_accuracy_quarters": [round(statistics.mean(acc[i:i + q]), 3) for i in range(0, len(acc), q)],
         "curve": [{"step": s, **{k: round(e[k], 3) for k in HEADLINE}} for s, e in zip(steps, evals)],
@@ -205,7 +206,7 @@ def main() -> None:
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "grpo.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--controls", nargs="+", choices=["real", "placebo"], default=["real", "placebo"])
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, default=None, help="default: the recipe's train.lr")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
     parser.add_argument("--n", type=int, default=8, help="completions per prompt")

@@ -91,7 +91,7 @@ def test_plan_table():
             plan_start(changed, folder(base, checkpoints=[2]))
     # ... unless forced (recorded) or replaced
     plan = plan_start(cfg("train.lr=1e-4", "train.resume=force"), folder(base, checkpoints=[2]))
-    assert plan.checkpoint.name == "checkpoint-2" and plan.forced == {"train.lr": (5e-5, 1e-4)}
+    assert plan.checkpoint.name == "checkpoint-2" and plan.forced == {"train.lr": (2e-5, 1e-4)}
     assert plan_start(cfg("train.lr=1e-4", "train.overwrite=true"), folder(base, checkpoints=[2])).replace
     # a checkpoint past the budget is refused, not relabelled
     with pytest.raises(RunDirError, match="checkpoint-5: step 5 is past train.max_steps = 4"):
@@ -163,7 +163,7 @@ def test_reused_output_folder(tmp_path, capsys):
     assert snapshot(out) == finished
 
     # a different run into the same folder: refused at once, naming what differs; nothing changed
-    for extra, fragments in [(["train.lr=1e-4"], ["train.lr 5e-05 -> 0.0001"]),
+    for extra, fragments in [(["train.lr=1e-4"], ["train.lr 2e-05 -> 0.0001"]),
                              (["recipe=drgrpo", "algorithm.adv_scale=none"], ["recipe 'grpo' -> 'drgrpo'",
                                                                               "algorithm.adv_scale 'group' -> 'none'"]),
                              (["train.max_steps=1"], ["checkpoint-2: step 2 is past train.max_steps = 1"])]:
@@ -184,10 +184,10 @@ def test_reused_output_folder(tmp_path, capsys):
     # train.resume=force continues another config, and run.json records what differed
     code, _, err = run_cli(capsys, "train", grpo, out, "train.max_steps=4", "train.save_steps=1", "train.lr=1e-4",
                            "train.resume=force")
-    assert code == 0 and "train.resume=force: resuming although the config differs (train.lr 5e-05 -> 0.0001)" in err
+    assert code == 0 and "train.resume=force: resuming although the config differs (train.lr 2e-05 -> 0.0001)" in err
     record = json.loads((out / "run.json").read_text())
     assert [s["step"] for s in record["starts"]] == [0, 2, 3] and record["starts"][-1]["forced"] == {
-        "train.lr": [5e-05, 0.0001]}
+        "train.lr": [2e-05, 0.0001]}
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"] == 1e-4
     assert train_steps(out) == [1, 2, 3, 4]
 

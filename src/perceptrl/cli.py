@@ -2,7 +2,7 @@
 
 Every training command takes an optional YAML config and dotted overrides::
 
-    perceptrl train recipes/grpo.yaml train.max_steps=20 train.lr=5e-5
+    perceptrl train recipes/grpo.yaml train.max_steps=20 train.lr=1e-5
 """
 
 from __future__ import annotations

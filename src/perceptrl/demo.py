@@ -26,12 +26,11 @@ BENCHMARK_FAMILIES = ["count", "pope", "shortcut", "text"]
 BENCHMARK = ["model.path=warmstart", f"data.families=[{','.join(BENCHMARK_FAMILIES)}]", "data.image_size=112",
              "data.template=boxed", "data.difficulty=1"]
 
-# Budget: every recipe at its own learning rate (5e-5 for all of them, the rate of the learning
-# measurement in benchmarks/grpo_learning.py), 8 prompts x 8 completions x 32 tokens per step, 100
-# steps. 100 because that is where GRPO's gain has arrived with the recipes' 4 optimizer steps per
-# rollout step: held-out avg@8 +0.083 [+0.068, +0.099] over 5 seeds at step 100, +0.085 at step 400
-# (benchmarks/results/issue15_notes.md, "Re-measured at the current recipe"), and because 5 methods x
-# 100 steps already take 4 min 51 s of wall time on 2 cores (480 CPU-s; README, "Two commands").
+# Budget: every recipe at its own learning rate (2e-5 for all of them, inherited from recipes/grpo.yaml),
+# 8 prompts x 8 completions x 32 tokens per step, 100 steps. 100 because most of GRPO's gain has arrived
+# by then: held-out avg@8 +0.089 [+0.071, +0.107] over 5 seeds at step 100, +0.106 at step 200
+# (benchmarks/results/issue15_notes.md, "lr 2e-5"), and because 5 methods x 100 steps already take
+# about 5 minutes of wall time on 2 cores (README, "Two commands").
 FULL = dict(steps=100, prompts=8, n=8, val=32, tokens=32)
 QUICK = dict(steps=2, prompts=2, n=4, val=2, tokens=8)
 K = 8  # samples per held-out item: avg@8 at T = 1 is PAPO's metric
@@ -42,8 +41,8 @@ BLANK_FILL = 1.0
 ONE_SEED_NOTE = (
     "One seed, 100 steps, 32 test items per family. What it can show: whether a method learns at all here "
     "and whether one collapses. GRPO's avg@8 gain at this length, measured over 5 seeds on 64 items per "
-    "family, is +0.083 [95% interval +0.068, +0.099], every seed between +0.070 and +0.101; a reward that "
-    "ignores correctness loses 0.22 in 400 steps (benchmarks/grpo_learning.py). The demo's 32 items per "
+    "family, is +0.089 [95% interval +0.071, +0.107], every seed between +0.065 and +0.100; a reward that "
+    "ignores correctness loses 0.10 in 200 steps (benchmarks/grpo_learning.py). The demo's 32 items per "
     "family make one run's number noisier than that. What it cannot show: which method is better. "
     "Differences between methods of a few points are within that noise; `make results` compares them over "
     "5 seeds with paired 95% intervals (docs/RESULTS.md)."
