@@ -17,13 +17,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from perceptrl import cli
+from test_bad_inputs import run_cli  # exit code, stderr and seconds of one CLI call
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE_SECONDS = 5.0  # "a few seconds", generous for a loaded 2-core machine
@@ -40,14 +40,6 @@ def snapshot(folder: Path) -> dict[str, str] | None:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
-
-def run_cli(capsys, argv: list[str]) -> tuple[int, str, float]:
-    t0 = time.perf_counter()
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_:  # argparse
-        code = exit_.code
-    return code, capsys.readouterr().err, time.perf_counter() - t0
 
 
 def assert_one_line(code: int, err: str, seconds: float, fragments: list[str], kind: str | None = None) -> str:

@@ -10,13 +10,13 @@ per completion, ...).
 
 import json
 import math
-import zlib
 from pathlib import Path
 
 import pytest
 
 from perceptrl import cli
 from perceptrl.train import rl
+from test_recipes import HashReward  # the stand-in reward with mixed groups
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["model.path=warmstart", "train.max_steps=2", "data.rollout_batch_size=4", "rollout.n=4",
@@ -33,17 +33,6 @@ SIGNALS = {
     "rloo": {"clip_frac_high", "ratio_mean", "kl_ref"},
 }
 
-
-class HashReward:
-    def __init__(self, template, accuracy_weight=0.9, format_weight=0.1, **_):
-        self.accuracy_weight, self.format_weight = accuracy_weight, format_weight
-
-    def __call__(self, completions, samples):
-        h = [zlib.crc32(c.encode()) for c in completions]
-        acc = [float(x % 3 == 0) for x in h]
-        fmt = [float(x % 2 == 0) for x in h]
-        return {"reward": [self.accuracy_weight * a + self.format_weight * f for a, f in zip(acc, fmt)],
-                "accuracy": acc, "format": fmt}
 
 
 @pytest.mark.parametrize("name", sorted(SIGNALS))
