@@ -46,27 +46,13 @@ class HFEngine:
             seeds = None if row_seeds is None else row_seeds[start : start + size]
             parts.append(self.policy.generate(encoded, rows[start : start + size], max_new_tokens,
                                               temperature=temperature, top_p=top_p, row_seeds=seeds))
-        return parts[0] if len(parts) == 1 else concat_completions(parts, self.policy.pad_token_id)
+        return parts[0] if len(parts) == 1 else Completions.concat(parts, self.policy.pad_token_id)
 
     def sync_weights(self) -> None:
         """Nothing to do: generation runs on the training model."""
 
     def release(self) -> None:
         """Nothing to free: the training model is the engine."""
-
-
-def concat_completions(parts: list[Completions], pad_token_id: int) -> Completions:
-    """Completions of several generate calls, in order, right-padded to the longest."""
-    length = max(part.ids.shape[1] for part in parts)
-
-    def pad(t: torch.Tensor, value) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
-
-    logprobs = None if any(p.logprobs is None for p in parts) else torch.cat([pad(p.logprobs, 0.0) for p in parts])
-    return Completions(
-        ids=torch.cat([pad(p.ids, pad_token_id) for p in parts]), mask=torch.cat([pad(p.mask, 0) for p in parts]),
-        rows=torch.cat([p.rows for p in parts]), truncated=torch.cat([p.truncated for p in parts]), logprobs=logprobs,
-    )
 
 
 def build_engine(name: str, policy: Policy, model_cfg=None, rollout_cfg=None, seed: int = 0):

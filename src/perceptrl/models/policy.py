@@ -98,6 +98,22 @@ class Completions:
     def lengths(self) -> torch.Tensor:
         return self.mask.sum(-1)
 
+    @staticmethod
+    def concat(parts: list["Completions"], pad_token_id: int) -> "Completions":
+        """``parts`` joined in order, right-padded to the longest (ids with the pad token, the rest with 0);
+        ``rows`` as they are; ``logprobs`` None if any part has none."""
+        length = max(part.ids.shape[1] for part in parts)
+
+        def pad(t: torch.Tensor, value) -> torch.Tensor:
+            return F.pad(t, (0, length - t.shape[1]), value=value)
+
+        logprobs = None if any(p.logprobs is None for p in parts) else torch.cat([pad(p.logprobs, 0.0) for p in parts])
+        return Completions(
+            ids=torch.cat([pad(p.ids, pad_token_id) for p in parts]), mask=torch.cat([pad(p.mask, 0) for p in parts]),
+            rows=torch.cat([p.rows for p in parts]), truncated=torch.cat([p.truncated for p in parts]),
+            logprobs=logprobs,
+        )
+
 
 def _split_image_tensors(processed: dict, images_per_prompt: list[int]) -> dict[str, list[torch.Tensor]]:
     """Split the processor's image tensors into one chunk per prompt."""

@@ -12,6 +12,7 @@ the informative groups of each.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -177,8 +178,8 @@ def merge_rollouts(rollouts: list[Rollout]) -> Rollout:
     T = max(r.completions.ids.shape[1] for r in rollouts)
     samples, instance_of, texts, gen_view = [], {}, [], []
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in (
-        "input_ids", "attention_mask", "ids", "mask", "rows", "truncated", "prompt_index", "group_ids",
-        "update_rows", "slot", "update_mask")}
+        "input_ids", "attention_mask", "prompt_index", "group_ids", "update_rows", "slot", "update_mask")}
+    completions = []  # each rollout's, rows renumbered into the merged prompts
     token_tensors: dict[str, list[torch.Tensor]] = {}
     image_chunks: dict[str, list[torch.Tensor]] = {}
     p_off = i_off = g_off = 0
@@ -190,10 +191,7 @@ def merge_rollouts(rollouts: list[Rollout]) -> Rollout:
             token_tensors.setdefault(k, []).append(_pad_to(v, P, 0, left=True))
         for k, chunks in enc.image_chunks.items():
             image_chunks.setdefault(k, []).extend(chunks)
-        parts["ids"].append(_pad_to(comp.ids, T, pad, left=False))
-        parts["mask"].append(_pad_to(comp.mask, T, 0, left=False))
-        parts["rows"].append(comp.rows + i_off)
-        parts["truncated"].append(comp.truncated)
+        completions.append(dataclasses.replace(comp, rows=comp.rows + i_off))
         parts["prompt_index"].append(r.prompt_index + p_off)
         parts["group_ids"].append(_dense(r.group_ids) + g_off)
         parts["update_rows"].append(r.update_rows + i_off)
@@ -218,7 +216,6 @@ def merge_rollouts(rollouts: list[Rollout]) -> Rollout:
         return {k: cat([d[k] for d in dicts]) for k in keys}
 
     advantages = cat([r.advantages for r in rollouts])
-    logprobs = cat([r.completions.logprobs for r in rollouts])
     update_mask = torch.cat(parts["update_mask"])
     return Rollout(
         samples=samples,
@@ -227,10 +224,7 @@ def merge_rollouts(rollouts: list[Rollout]) -> Rollout:
             {k: torch.cat(v) for k, v in token_tensors.items()}, image_chunks,
         ),
         instance_of=instance_of,
-        completions=Completions(
-            ids=torch.cat(parts["ids"]), mask=torch.cat(parts["mask"]), rows=torch.cat(parts["rows"]),
-            truncated=torch.cat(parts["truncated"]), logprobs=logprobs,
-        ),
+        completions=Completions.concat(completions, pad),
         prompt_index=torch.cat(parts["prompt_index"]),
         group_ids=torch.cat(parts["group_ids"]),
         update_rows=torch.cat(parts["update_rows"]),
