@@ -75,6 +75,7 @@ def _sft(config: Config, policy: Policy | None, source, run: RunDir) -> TrainRes
     template = get_template(config.data.template)
     reward_fn = RewardFunction(config.data.template, config.reward.accuracy_weight, config.reward.format_weight)
     optimizer = make_optimizer(policy.model, t_cfg)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]  # what the optimizer steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(t_cfg.warmup_steps, 1)) * max(0.0, 1 - s / max(t_cfg.max_steps, 1))
     )
@@ -101,7 +102,6 @@ def _sft(config: Config, policy: Policy | None, source, run: RunDir) -> TrainRes
             loss = aggregate(-lp, mask[rows].float(), "token_mean", global_tokens=total_tokens)
             loss.backward()
             loss_value += float(loss.detach())
-        trainable = [p for p in policy.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t_cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
