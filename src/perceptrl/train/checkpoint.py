@@ -153,7 +153,7 @@ def _step_of(path: Path) -> int | None:
     return int(suffix) if path.name.startswith(PREFIX) and suffix.isdigit() else None
 
 
-def swap_into_place(tmp: Path, final: Path) -> None:
+def _swap_into_place(tmp: Path, final: Path) -> None:
     """Rename the complete folder ``tmp`` to ``final``, replacing an existing ``final``."""
     if final.exists():
         old = final.parent / f".replaced-{final.name}-{os.getpid()}"
@@ -246,7 +246,7 @@ def save_checkpoint(
             raise _disk_full(writing, tmp, needed, output_dir) from None
         raise
     _crash_point("synced", step)
-    swap_into_place(tmp, final)
+    _swap_into_place(tmp, final)
     _crash_point("renamed", step)
     if keep:
         for old in list_checkpoints(output_dir)[:-keep]:
@@ -254,29 +254,36 @@ def save_checkpoint(
     return final
 
 
-def save_final(model, processor, output_dir: str | Path, name: str = FINAL_DIR) -> Path:
-    """Save the model and processor as a Hugging Face folder ``output_dir/name``, atomically.
-
-    Written into ``.tmp-<name>-<pid>``, fsynced, then renamed: ``final/`` is either the previous
-    complete folder or the new complete one, never a mixture.
-    """
+def write_folder(output_dir: str | Path, name: str, write, needed_bytes, crash: str | None = None) -> Path:
+    """Write the folder ``output_dir/name`` atomically: ``write(tmp)`` fills ``.tmp-<name>-<pid>``,
+    which is fsynced and then renamed, so the folder is either the previous complete one or the new
+    complete one, never a mixture. A full disk is a :class:`DiskFullError` naming the folder
+    (``needed_bytes()``: about its size); ``crash``: the crash point after the write."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = output_dir / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        save_pretrained(model, processor, tmp)
-        _crash_point("final")
+        write(tmp)
+        if crash is not None:
+            _crash_point(crash)
         _fsync_tree(tmp)
     except Exception as err:
-        needed = _nbytes([dict(model.state_dict())])
+        needed = needed_bytes()
         if _is_disk_full(err, tmp, needed):
             raise _disk_full(f"{name}/", tmp, needed, output_dir) from None
         raise
     target = output_dir / name
-    swap_into_place(tmp, target)
+    _swap_into_place(tmp, target)
     return target
+
+
+def save_final(model, processor, output_dir: str | Path, name: str = FINAL_DIR) -> Path:
+    """Save the model and processor as a Hugging Face folder ``output_dir/name``, atomically
+    (:func:`write_folder`)."""
+    return write_folder(output_dir, name, lambda tmp: save_pretrained(model, processor, tmp),
+                        lambda: _nbytes([dict(model.state_dict())]), crash="final")
 
 
 def _rng_tensors(state: dict[str, Any]) -> dict[str, Any]:
@@ -330,7 +337,7 @@ def clean_partial(output_dir: str | Path) -> int:
     """Tidy up after a killed write; returns how many leftover folders were handled.
 
     Temporary and trash folders (``.tmp-*``, ``.trash-*``) are deleted. A ``.replaced-<name>-<pid>``
-    folder (the previous, complete version of a folder that :func:`swap_into_place` was replacing:
+    folder (the previous, complete version of a folder that :func:`_swap_into_place` was replacing:
     a checkpoint, ``final/``, a LoRA ``adapter/``) is renamed back if ``<name>`` is missing, else
     deleted.
     """

@@ -7,24 +7,17 @@ peft). Both written atomically (a temporary folder, renamed; ``train.checkpoint`
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from perceptrl.models.lora import ADAPTER_DIR, is_lora, merged_model, unwrap
-from perceptrl.train.checkpoint import swap_into_place, save_final
+from perceptrl.train.checkpoint import save_final, write_folder
 
 
 def save_adapter(model, output_dir: str | Path, name: str = ADAPTER_DIR) -> Path:
-    """Save the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) atomically."""
-    output_dir = Path(output_dir)
-    tmp = output_dir / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    unwrap(model).save_pretrained(tmp)
-    target = output_dir / name
-    swap_into_place(tmp, target)
-    return target
+    """Save the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) atomically, as ``final/``."""
+    adapter = unwrap(model)
+    return write_folder(output_dir, name, adapter.save_pretrained,
+                        lambda: sum(p.numel() * p.element_size() for p in adapter.parameters() if p.requires_grad))
 
 
 def save_final_model(model, processor, output_dir: str | Path) -> Path:
