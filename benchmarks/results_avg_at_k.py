@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from perceptrl.demo import BENCHMARK, evaluate_runs
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="grpo")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--n-per-family", type=int, default=64)
+    parser.add_argument("--jobs", type=int, default=2, help="models evaluated at a time (processes, one thread each)")
     parser.add_argument("overrides", nargs="*", help="data settings of the comparison (default: the benchmark's)")
     args = parser.parse_args()
     runs_dir = Path(args.runs_dir)
@@ -81,15 +84,24 @@ def main() -> None:
         sys.exit(f"no finished runs with a final/ model under {runs_dir}")
     key = f"avg@{args.k}"
 
-    start = evaluate_runs({"warmstart": "warmstart"}, overrides, args.n_per_family, args.k,
-                          output_dir=runs_dir / f"eval_k{args.k}")["warmstart"]
-    metrics: dict[str, dict[int, dict]] = {}
+    # one model per task, --jobs processes at a time (one thread each): the warm start, then every run
+    tasks = {("warmstart", -1): ({"warmstart": "warmstart"}, runs_dir / f"eval_k{args.k}")}
     for recipe, seeds in runs.items():
         for seed, run in seeds.items():
-            got = evaluate_runs({f"eval_k{args.k}": str(run / "final")}, overrides, args.n_per_family, args.k,
-                                output_dir=run)
-            metrics.setdefault(recipe, {})[seed] = got[f"eval_k{args.k}"]
-            print(f"{recipe} seed {seed}: {key} {metrics[recipe][seed][key]:.3f}", file=sys.stderr, flush=True)
+            tasks[recipe, seed] = ({f"eval_k{args.k}": str(run / "final")}, run)
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(evaluate_runs, models, overrides, args.n_per_family, args.k, output_dir=folder): name
+                   for name, (models, folder) in tasks.items()}
+        got = {}
+        for fut in as_completed(futures):
+            (recipe, seed), result = futures[fut], fut.result()
+            got[recipe, seed] = next(iter(result.values()))
+            print(f"{recipe} seed {seed}: {key} {got[recipe, seed][key]:.3f}", file=sys.stderr, flush=True)
+    start = got.pop(("warmstart", -1))
+    metrics: dict[str, dict[int, dict]] = {}
+    for recipe, seeds in runs.items():  # in the order of the runs, not of completion
+        for seed in seeds:
+            metrics.setdefault(recipe, {})[seed] = got[recipe, seed]
 
     columns = [(key, key), (f"pass@{args.k}", f"pass@{args.k}"), ("greedy", "accuracy"),
                (f"{key} vision-dep", f"{key}/vision_dependent"), (f"{key} text", f"{key}/text_only"),

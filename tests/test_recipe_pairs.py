@@ -30,6 +30,9 @@ PAIRS = {
     ("grpo", "dr_grpo"): (),
     ("noisy_rollout", "papo_noisy_rollout"): ("papo",),
     ("dupl", "vogue"): (),
+    ("dupl", "dupl_released"): ("dupl",),
+    ("dupl", "dupl_no_u_per"): ("dupl",),
+    ("dupl", "dupl_no_u_out"): ("dupl",),
     # token-level perception-aware family and policy-gradient baselines (tests/test_token_recipes.py)
     ("dapo", "vppo"): ("token_signal", "token_select", "token_scale"),
     ("dapo", "pgpo"): ("token_signal", "token_scale"),

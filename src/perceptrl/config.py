@@ -60,6 +60,7 @@ class DataConfig:
     label_noise: float = 0.0  # synthetic suite: share of training answers made wrong, rationale included (test: never)
     image_size: int = 112
     val_per_family: int = 64  # held-out prompts per family for evaluation during training
+    val_split: str = "test"  # built-in suite: test (held-out items 0, 1, ...) | tune (items from the pool's far end)
     system_prompt: str | None = None
     answer_type_key: str = "answer_type"  # optional column with each row's answer type (default "math")
     id_key: str = "id"  # optional column with unique row ids (default id: "<file stem>-<row>")
@@ -722,6 +723,10 @@ def _data_checks(config: Config) -> list[tuple[bool, str]]:
     ]
     checks.append((0 <= d.label_noise < 1, f"data.label_noise must be in [0, 1), got {d.label_noise}"))
     checks.append((not (d.label_noise and d.train_files), "data.label_noise applies to the built-in suite only"))
+    checks.append((d.val_split in ("test", "tune"), f"data.val_split must be test or tune, got {d.val_split!r}"))
+    checks.append((d.val_split == "test" or not (d.train_files or d.val_files),
+                   "data.val_split=tune picks the built-in suite's tuning items; with data files, give the "
+                   "tuning rows as data.val_files"))
     if not d.train_files:  # the built-in synthetic suite
         from perceptrl.data.synthetic import FAMILIES
 

@@ -24,18 +24,19 @@ class SyntheticSource:
     """The built-in suite: unlimited seeded training prompts, a fixed held-out set."""
 
     def __init__(self, families: list[str], difficulty: int, image_size: int, seed: int, val_per_family: int,
-                 label_noise: float = 0.0):
+                 label_noise: float = 0.0, val_split: str = "test"):
         from perceptrl.data.synthetic import SyntheticTask
 
         self.task = SyntheticTask(families=families, difficulty=difficulty, image_size=image_size, seed=seed,
                                   label_noise=label_noise)
         self.val_per_family = val_per_family
+        self.val_split = val_split
 
     def train_sample(self, index: int) -> Sample:
         return self.task.train_sample(index)
 
     def val_samples(self) -> list[Sample]:
-        return self.task.test_set(self.val_per_family)
+        return self.task.held_out_set(self.val_per_family, self.val_split)
 
 
 def build_source(data_cfg, seed: int) -> PromptSource:
@@ -44,7 +45,7 @@ def build_source(data_cfg, seed: int) -> PromptSource:
 
         return FileSource(data_cfg, seed)
     return SyntheticSource(data_cfg.families, data_cfg.difficulty, data_cfg.image_size, seed, data_cfg.val_per_family,
-                           data_cfg.label_noise)
+                           data_cfg.label_noise, data_cfg.val_split)
 
 
 def _where(sample: Sample) -> tuple[str, int | None]:

@@ -273,11 +273,33 @@ class SyntheticTask:
 
         Item ``i`` of a family is the same whatever ``n_per_family`` and the other families are.
         """
+        return self.held_out_set(n_per_family, "test")
+
+    def tune_set(self, n_per_family: int = 100) -> list[Sample]:
+        """The tuning split: held-out items taken from the far end of the pool (``TEST_POOL_SIZE - 1``,
+        ``- 2``, ...), so that hyper-parameters are chosen on items the test set (``0``, ``1``, ...)
+        does not contain while both together take at most ``TEST_POOL_SIZE`` items per family.
+        Never shown in training either."""
+        return self.held_out_set(n_per_family, "tune")
+
+    def held_out_set(self, n_per_family: int, split: str = "test") -> list[Sample]:
+        """``test_set`` or ``tune_set`` by name."""
+        if split not in ("test", "tune"):
+            raise ValueError(f"split must be test or tune, got {split!r}")
         if not 0 <= n_per_family <= TEST_POOL_SIZE:
             raise ValueError(
                 f"n_per_family must be in 0..{TEST_POOL_SIZE} (the items kept out of training), got {n_per_family}"
             )
-        return [self.test_sample(f, i) for f in self.families for i in range(n_per_family)]
+        if split == "test":
+            return [self.test_sample(f, i) for f in self.families for i in range(n_per_family)]
+        out = []
+        for f in self.families:
+            for i in range(n_per_family):
+                s = self.test_sample(f, TEST_POOL_SIZE - 1 - i)
+                s.id = s.id.replace("-test-", "-tune-")
+                s.meta["split"] = "tune"
+                out.append(s)
+        return out
 
     def build_suite_manifest(self, n_per_family: int = 100) -> dict:
         """Identity of the test set: versions, settings and SHA-256 over its samples (pixels included)."""

@@ -38,7 +38,8 @@ RESULT_FILE = "result.json"
 
 # Relative cost of a step (measured on the tiny model, docs/RESULTS.md): with several runs at a time,
 # the slowest runs of each seed start first so that the workers finish together.
-COST_HINT = {"dupl": 2.0, "vogue": 2.0, "dupl_dapo": 2.0, "papo_g": 1.4, "papo_d": 1.4, "noisy_grpo": 1.3,
+COST_HINT = {"dupl": 2.0, "vogue": 2.0, "dupl_dapo": 2.0, "dupl_released": 2.0, "dupl_no_u_per": 2.0,
+             "dupl_no_u_out": 2.0, "papo_g": 1.4, "papo_d": 1.4, "noisy_grpo": 1.3,
              "noisy_rollout": 1.1}
 
 __all__ = ["RunSpec", "plan_runs", "run_one", "run_compare", "collect_runs", "is_finished", "recipe_file"]
@@ -54,6 +55,7 @@ class RunSpec:
     overrides: list[str] = field(default_factory=list)  # everything but seed / output_dir
     num_threads: int = 1
     probe: bool = False  # also run the masked / blank image probe on the final model
+    score_k: int = 0  # > 0: also score the final model by avg@k at T = 1 on the run's held-out split
 
     @property
     def name(self) -> str:
@@ -141,6 +143,8 @@ def run_one(spec: RunSpec) -> dict:
     }
     if spec.probe:
         record["probe"] = _probe(config, Path(spec.run_dir))
+    if spec.score_k:
+        record["after"].update(_sampled_score(config, Path(spec.run_dir), spec.score_k))
     (Path(spec.run_dir) / "summary.json").write_text(json.dumps(to_json_safe(
         {"before": result.before, "after": result.after}), indent=2))
     tmp = Path(spec.run_dir) / (RESULT_FILE + ".tmp")
@@ -157,6 +161,16 @@ def _probe(config, run_dir: Path) -> dict:
     config.model.path = str(run_dir / "final")
     res = evaluate_model(config, EvalSettings(k=0, probe=True), output_dir=run_dir / "eval_probe")
     return {k: v for k, v in res.metrics.items() if v is not None and ("probe" in k or k.startswith("greedy"))}
+
+
+def _sampled_score(config, run_dir: Path, k: int) -> dict:
+    """avg@k and pass@k at T = 1 of the final model on the run's own held-out split (overall and per group)."""
+    from perceptrl.eval.pipeline import evaluate_model
+    from perceptrl.eval.runner import EvalSettings
+
+    config.model.path = str(run_dir / "final")
+    res = evaluate_model(config, EvalSettings(k=k, probe=False, temperature=1.0), output_dir=run_dir / f"eval_k{k}")
+    return {key: v for key, v in res.metrics.items() if v is not None and key.startswith((f"avg@{k}", f"pass@{k}"))}
 
 
 def _mean(values) -> float | None:
@@ -289,7 +303,7 @@ def run_compare(recipes: list[str], seeds: list[int], output_dir: str | Path, ov
                 probe: bool = False, report_only: bool = False, show_progress: bool = True,
                 say: Callable[[str], None] | None = None, title: str | None = None,
                 notes: list[str] | None = None, tune_lrs: list[float] | None = None, tune_seed: int = 100,
-                tune_steps: int | None = None) -> dict:
+                tune_steps: int | None = None, tune_k: int = 0, tune_like: dict[str, str] | None = None) -> dict:
     """Run (or resume) the comparison and write its report; returns the report data."""
     from perceptrl.eval.compare_report import build_report_data, write_report
 
@@ -300,10 +314,17 @@ def run_compare(recipes: list[str], seeds: list[int], output_dir: str | Path, ov
     recipe_overrides = {k: list(v) for k, v in (recipe_overrides or {}).items()}
     tuning = None
     if tune_lrs:
-        tuning = tune_learning_rates(recipes, tune_lrs, tune_seed, tune_steps, runs_dir / "tune", overrides,
+        tune_like = dict(tune_like or {})
+        tuned = [r for r in recipes if recipe_name(r) not in tune_like]
+        tuning = tune_learning_rates(tuned, tune_lrs, tune_seed, tune_steps, runs_dir / "tune", overrides,
                                      recipe_overrides, jobs, num_threads, save_steps, report_only,
-                                     show_progress, say)
-        for name, row in tuning["chosen"].items():  # the user's own --set still wins (it comes later)
+                                     show_progress, say, tune_k)
+        chosen = dict(tuning["chosen"])
+        for name, source in tune_like.items():  # an ablation keeps its method's rate: only one piece differs
+            if source in tuning["chosen"]:
+                chosen[name] = {**tuning["chosen"][source], "from": source}
+        tuning["chosen"], tuning["like"] = chosen, tune_like
+        for name, row in chosen.items():  # the user's own --set still wins (it comes later)
             recipe_overrides[name] = [f"train.lr={row['lr']}", *recipe_overrides.get(name, [])]
     specs = plan_runs(recipes, seeds, runs_dir, overrides, recipe_overrides, num_threads, save_steps, probe)
     errors = {} if report_only else execute(specs, jobs, show_progress, say)
@@ -322,14 +343,17 @@ def run_compare(recipes: list[str], seeds: list[int], output_dir: str | Path, ov
 def tune_learning_rates(recipes: list[str], lrs: list[float], seed: int, steps: int | None, tune_dir: Path,
                         overrides: list[str] | None, recipe_overrides: dict[str, list[str]], jobs: int,
                         num_threads: int, save_steps: int | None, report_only: bool, show_progress: bool,
-                        say: Callable[[str], None] | None) -> dict:
+                        say: Callable[[str], None] | None, k: int = 0) -> dict:
     """The same tuning budget for every recipe: each learning rate once, with seed ``seed`` (not
-    one of the comparison's seeds) and ``steps`` steps; the best held-out accuracy wins (ties: the
-    first learning rate listed). Finished tuning runs are not run again."""
+    one of the comparison's seeds) and ``steps`` steps, scored on the suite's tuning split
+    (``data.val_split=tune``: held-out items that are not in the test set); the best score wins (ties:
+    the first learning rate listed). The score is greedy accuracy, or avg@k at T = 1 when ``k`` > 0.
+    Finished tuning runs are not run again."""
     say = say or (lambda m: None)
-    shared = list(overrides or [])
+    shared = [*(overrides or []), "data.val_split=tune"]
     if steps:
         shared.append(f"train.max_steps={steps}")
+    metric = f"avg@{k}" if k else "accuracy"
     specs, keys = [], []
     for recipe in recipes:
         name = recipe_name(recipe)
@@ -337,27 +361,47 @@ def tune_learning_rates(recipes: list[str], lrs: list[float], seed: int, steps: 
             spec_list = plan_runs([recipe], [seed], tune_dir / f"lr{lr:g}", shared,
                                   {name: [*recipe_overrides.get(name, []), f"train.lr={lr:g}"]},
                                   num_threads, save_steps)
+            for spec in spec_list:
+                spec.score_k = k
             specs += spec_list
             keys.append((name, float(lr)))
     say(f"learning-rate tuning: {len(recipes)} recipes x lr {', '.join(f'{x:g}' for x in lrs)} x seed {seed}"
-        + (f", {steps} steps" if steps else ""))
+        + (f", {steps} steps" if steps else "") + f"; scored by {metric} on the tuning split")
     errors = {} if report_only else execute(specs, jobs, show_progress, say)
     results: dict[str, dict[str, float | None]] = {}
     for (name, lr), spec in zip(keys, specs):
         acc = None
         if is_finished(spec.run_dir):
-            acc = json.loads((Path(spec.run_dir) / RESULT_FILE).read_text())["after"].get("accuracy")
+            acc = json.loads((Path(spec.run_dir) / RESULT_FILE).read_text())["after"].get(metric)
         results.setdefault(name, {})[f"{lr:g}"] = acc
     chosen = {}
     for name, row in results.items():
         done = [(acc, -i, lr) for i, (lr, acc) in enumerate(row.items()) if acc is not None]
         if done:
             acc, _, lr = max(done)
-            chosen[name] = {"lr": float(lr), "accuracy": acc}
+            chosen[name] = {"lr": float(lr), "score": acc}
         else:
             say(f"tuning of {name} did not finish: its recipe's learning rate is used")
-    return {"lrs": [float(x) for x in lrs], "seed": seed, "steps": steps, "results": results, "chosen": chosen,
-            "errors": errors}
+    return {"lrs": [float(x) for x in lrs], "seed": seed, "steps": steps, "metric": metric, "split": "tune",
+            "results": results, "chosen": chosen, "errors": errors}
+
+
+def parse_tune_like(items: list[str] | None, recipes: list[str]) -> dict[str, str]:
+    """``["dupl_no_u_per:dupl"]`` -> ``{"dupl_no_u_per": "dupl"}``; both must be in ``--recipes``."""
+    names = [recipe_name(r) for r in recipes]
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, source = item.partition(":")
+        name, source = recipe_name(name), recipe_name(source)
+        if not sep or not name or not source:
+            raise ValueError(f"--tune-like expects RECIPE:TUNED_RECIPE, got {item!r}")
+        missing = [n for n in (name, source) if n not in names]
+        if missing:
+            raise ValueError(f"--tune-like {item}: {', '.join(missing)} not in --recipes {names}")
+        if name == source or source in out or name in out.values():
+            raise ValueError(f"--tune-like {item}: the learning rate must come from a recipe that is tuned itself")
+        out[name] = source
+    return out
 
 
 def parse_recipe_overrides(items: list[str] | None) -> dict[str, list[str]]:
@@ -392,6 +436,9 @@ def cmd_compare(args) -> int:
         return 2
     try:
         recipe_overrides = parse_recipe_overrides(args.set)
+        tune_like = parse_tune_like(args.tune_like, args.recipes)
+        if args.tune_k < 0:
+            raise ValueError(f"--tune-k must be >= 0, got {args.tune_k}")
         for spec in plan_runs(args.recipes, args.seeds, "-", args.overrides, recipe_overrides):  # fail before any work
             spec.config()  # the recipe exists and its config with the overrides is valid
     except ValueError as err:
@@ -402,6 +449,7 @@ def cmd_compare(args) -> int:
         runs_dir=args.runs_dir, jobs=args.jobs, num_threads=args.threads, save_steps=args.save_steps,
         baseline=args.baseline, probe=args.probe, report_only=args.report_only, show_progress=not args.quiet,
         say=say, title=args.title, tune_lrs=args.tune_lr, tune_seed=args.tune_seed, tune_steps=args.tune_steps,
+        tune_k=args.tune_k, tune_like=tune_like,
     )
     from perceptrl.eval.compare_report import render_table
 
@@ -435,7 +483,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--report-only", action="store_true", help="write the report from the finished runs, train nothing")
     p.add_argument("--tune-lr", nargs="+", type=float, default=None, metavar="LR",
                    help="first tune the learning rate of every recipe: each LR once (--tune-seed, --tune-steps), "
-                        "best held-out accuracy wins")
+                        "scored on the suite's tuning split (data.val_split=tune, not the test items)")
+    p.add_argument("--tune-k", type=int, default=0, metavar="K",
+                   help="score tuning runs by avg@K at T = 1 (default 0: greedy accuracy)")
+    p.add_argument("--tune-like", action="append", metavar="RECIPE:TUNED",
+                   help="RECIPE is not tuned but takes TUNED's chosen learning rate (an ablation of TUNED)")
     p.add_argument("--tune-seed", type=int, default=100, help="seed of the tuning runs (not a comparison seed)")
     p.add_argument("--tune-steps", type=int, default=None, help="steps of a tuning run (default: the shared budget)")
     p.add_argument("--title", default=None, help="report title")

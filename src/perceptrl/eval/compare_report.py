@@ -160,6 +160,11 @@ CLAIMS = (
     ("dupl", "grpo", "accuracy", "DUPL above GRPO (arXiv 2510.01444)"),
     ("dupl", "noisy_rollout", "accuracy", "DUPL above NoisyRollout (arXiv 2510.01444)"),
     ("noisy_grpo", "grpo", "accuracy", "NoisyGRPO above GRPO (arXiv 2510.21122)"),
+    ("papo_d", "dapo", "accuracy", "PAPO-D above DAPO (arXiv 2507.06448)"),
+    ("dupl_dapo", "dapo", "accuracy", "DUPL+DAPO above DAPO (arXiv 2510.01444)"),
+    ("dupl_released", "grpo", "accuracy", "DUPL as released (ruiiu/DUPL) above GRPO"),
+    ("dupl", "dupl_no_u_per", "accuracy", "DUPL above its ablation without u_per (arXiv 2510.01444)"),
+    ("dupl", "dupl_no_u_out", "accuracy", "DUPL above its ablation without u_out (arXiv 2510.01444)"),
 )
 
 
@@ -369,15 +374,25 @@ def sections(data: dict) -> list[tuple[str, str, Any]]:
         lrs = [f"{x:g}" for x in tuning["lrs"]]
         rows = [[r, *[("-" if tuning["results"].get(r, {}).get(lr) is None else
                        f"{tuning['results'][r][lr]:.3f}") for lr in lrs],
-                 f"{tuning['chosen'][r]['lr']:g}" if r in tuning["chosen"] else "-"] for r in data["recipes"]]
+                 _chosen_cell(tuning, r)] for r in data["recipes"]]
+        metric = tuning.get("metric", "accuracy")
+        scored = "greedy accuracy" if metric == "accuracy" else f"{metric} at T = 1"
+        where = "the tuning split (held-out items not in the test set)" if tuning.get("split") == "tune" else "the test set"
         out.append(("table", "Learning-rate tuning", (["method", *[f"lr {lr}" for lr in lrs], "chosen"], rows,
                     f"Same tuning budget for every method: each learning rate once, seed {tuning['seed']} (not a "
-                    f"comparison seed), {tuning['steps'] or 'the full'} steps; held-out greedy accuracy; the best "
-                    "is used for every seed above.")))
+                    f"comparison seed), {tuning['steps'] or 'the full'} steps; {scored} on {where}; the best "
+                    "is used for every seed above. An ablation takes the rate chosen for its method (\"as\").")))
     if data["timing"]:
         out.append(("table", "Budget and time", (*_timing_rows(data), "Wall-clock on a shared machine: "
                     "times depend on the load of other processes.")))
     return out
+
+
+def _chosen_cell(tuning: dict, recipe: str) -> str:
+    row = tuning["chosen"].get(recipe)
+    if row is None:
+        return "-"
+    return f"{row['lr']:g}" + (f" (as {row['from']})" if row.get("from") else "")
 
 
 def render_markdown(data: dict) -> str:

@@ -123,7 +123,7 @@ def load_eval_samples(data_cfg, n_per_family: int | None = None) -> tuple[list[S
         try:
             task = SyntheticTask(families, difficulty=data_cfg.difficulty, image_size=data_cfg.image_size,
                                  decontaminate=False)
-            samples = task.test_set(n)
+            samples = task.held_out_set(n, data_cfg.val_split)
         except ValueError as err:
             raise ConfigError(f"data: {err}") from None
         desc = {
@@ -133,6 +133,7 @@ def load_eval_samples(data_cfg, n_per_family: int | None = None) -> tuple[list[S
             "difficulty": data_cfg.difficulty,
             "image_size": data_cfg.image_size,
             "n_per_family": n,
+            "split": data_cfg.val_split,
         }
     desc["template"] = data_cfg.template
     desc["system_prompt"] = data_cfg.system_prompt
