@@ -53,7 +53,7 @@ warmstart: $(VENV)/.base
 
 # The comparison behind docs/RESULTS.md, on the benchmark of issue 15 (perceptrl.demo.BENCHMARK: count,
 # pope, shortcut, text from the shipped warm start). Resumable: run it again after an interruption; run
-# folders go to runs/results*, reports to docs/results. Three stages:
+# folders go to runs/results*, reports to docs/results. Four stages:
 # 1. perceptrl compare: learning-rate tuning with the same budget for every method (each of 1e-5, 2e-5,
 #    5e-5 once, seed 100, scored by avg@8 at T = 1 on the suite's tuning split, data.val_split=tune,
 #    held-out items that are not test items); DUPL's two ablations take DUPL's rate (--tune-like); then
@@ -62,7 +62,9 @@ warmstart: $(VENV)/.base
 # 2. benchmarks/results_avg_at_k.py: the headline, held-out avg@8 at T = 1 (PAPO's metric), pass@8 and
 #    greedy accuracy of every final model on the test items, paired 95% intervals over seeds, the shortcut
 #    family's probe and the papers' claims judged on avg@8 (docs/results/avg_at_k.md);
-# 3. the NoisyGRPO supplement at lower learning rates (its recipe is the released frozen-vision setting).
+# 3. the NoisyGRPO supplement at lower learning rates (its recipe is the released frozen-vision setting);
+# 4. benchmarks/results_page.py: docs/RESULTS.md from those reports, with this invocation's wall time
+#    (appended to docs/results/run_times.jsonl).
 # 100 steps so that the whole target fits in the 3 hours asked of it on 2 cores; how long it took is in
 # docs/RESULTS.md. RESULTS_SEEDS / RESULTS_RECIPES / RESULTS_STEPS change the scope.
 RESULTS_RECIPES ?= grpo dr_grpo dapo papo_g papo_d noisy_rollout noisy_grpo dupl dupl_released dupl_dapo \
@@ -79,6 +81,7 @@ RESULTS_ARGS := --recipes $(RESULTS_RECIPES) --seeds $(RESULTS_SEEDS) --jobs 2 -
 	--set noisy_rollout:noisy_rollout.s_mid=$$(( $(RESULTS_STEPS) * 2 / 5 )) \
 	--set papo_noisy_rollout:noisy_rollout.s_mid=$$(( $(RESULTS_STEPS) * 2 / 5 )) $(RESULTS_DATA)
 results: $(VENV)/.base
+	mkdir -p runs && date +%s > runs/.results_started
 	$(VENV)/bin/perceptrl compare $(RESULTS_ARGS)
 	$(PY) benchmarks/results_avg_at_k.py --runs-dir runs/results --output docs/results/avg_at_k.md
 	# supplement (outside the equal tuning budget): NoisyGRPO at lower learning rates
@@ -89,6 +92,7 @@ results: $(VENV)/.base
 			&& $(PY) benchmarks/results_avg_at_k.py --runs-dir runs/results_noisy_grpo_lr$$lr --baseline noisy_grpo \
 			--output docs/results/noisy_grpo_lr$$lr/avg_at_k.md || exit 1; \
 	done
+	$(PY) benchmarks/results_page.py --results docs/results --output docs/RESULTS.md --started $$(cat runs/.results_started)
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) runs
