@@ -18,7 +18,7 @@ This test is seed 0 of that run (+0.047, the smallest of the five) and asks for 
 about 3 sd below the real reward's mean, 0.10 above the best placebo seed. It fails with the placebo
 reward (every seed lost >= 0.077), with a no-op update (gain exactly 0: same evaluation seed before
 and after) and with a sign error (the update then moves away from the right answers). The full
-measurement (400 steps, 64 items per family): `docs/RESULTS.md`.
+measurement (400 steps, 64 items per family): `docs/LEARNING.md`.
 """
 
 import torch
