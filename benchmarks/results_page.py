@@ -156,6 +156,43 @@ def noisy_grpo_section(results: Path, avg: dict | None, chosen_lr: float | None)
     return lines
 
 
+def plot_gains(avg: dict, path: Path) -> Path:
+    """Per method: avg@8 gain over the warm start and the shortcut family's image gap (held-out accuracy
+    minus accuracy with the image blanked), mean and 95% interval over seeds."""
+    from perceptrl.eval.plots import _plt
+
+    plt = _plt()
+    names = list(avg["runs"])
+    start = avg["warm_start"]
+    panels = [("held-out avg@8 gain over the warm start", lambda m: m.get("avg@8"), start.get("avg@8")),
+              ("shortcut: accuracy minus accuracy with the image blanked",
+               lambda m: m.get("probe/drop_blank/family/shortcut"), None)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(names) + 1.5), sharey=True)
+    for ax, (title, pick, base) in zip(axes, panels):
+        means, errs = [], []
+        for name in names:
+            vals = {int(s): pick(m) for s, m in avg["runs"][name].items() if pick(m) is not None}
+            if not vals:  # not measured for this method
+                means.append(float("nan"))
+                errs.append(0.0)
+                continue
+            d = paired_difference(vals, {s: base if base is not None else 0.0 for s in vals})
+            means.append(d.mean)
+            errs.append(0.0 if d.n < 2 else (d.high - d.low) / 2)
+        ax.barh(range(len(names)), means, xerr=errs, color="#1f77b4", alpha=0.8, capsize=3)
+        ax.axvline(0.0, color="#333333", lw=0.8)
+        if base is None and start.get("probe/drop_blank/family/shortcut") is not None:
+            ax.axvline(start["probe/drop_blank/family/shortcut"], color="#d62728", ls="--", lw=1, label="warm start")
+            ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=10)
+    axes[0].set_yticks(range(len(names)), names)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _diff(d) -> str:
     if d.n < 2:
         return f"{d.mean:+.3f}"
@@ -202,7 +239,9 @@ def main() -> None:
                   tuning_table(tuning), ""]
     chosen = tuning.get("chosen", {}).get("noisy_grpo", {}).get("lr")
     lines += [*noisy_grpo_section(results, avg, chosen), ""]
+    plot_gains(avg, results / "avg_at_k.png")
     lines += ["## Plots and the full report", "",
+              "![avg@8 gain and shortcut image gap per method, 95% intervals over seeds](results/avg_at_k.png)", "",
               "`docs/results/report.md` (and the self-contained `report.html`): greedy accuracy per family, "
               "training curves, the methods' own signals over training, time per step.", "",
               "![training curves](results/curves.png)", "", "![differences to GRPO](results/differences.png)", "",

@@ -18,7 +18,7 @@ def load_page_module():
 
 def metrics(avg, greedy=0.6, fmt=1.0):
     return {"avg@8": avg, "accuracy": greedy, "format_rate": fmt, "avg@8/vision_dependent": avg,
-            "avg@8/text_only": 0.9}
+            "avg@8/text_only": 0.9, "probe/drop_blank/family/shortcut": 0.05}
 
 
 def write_reports(folder: Path) -> None:
@@ -67,3 +67,4 @@ def test_page_from_reports(tmp_path, monkeypatch):
     # two invocations recorded: 90 min timed before, and the one that wrote the page
     assert "over 2 invocation(s)" in text and "timed by /usr/bin/time" in text
     assert "100 rollout steps of 8 prompts x 8 completions x at most 32 tokens" in text
+    assert (results / "avg_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "results/avg_at_k.png" in text
