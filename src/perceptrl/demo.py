@@ -3,8 +3,9 @@ NoisyRollout, NoisyGRPO, DUPL) on the built-in benchmark with one seed and a sho
 held-out avg@8 at T = 1 (PAPO's metric), pass@8 and greedy accuracy of each model before -> after,
 the shortcut family's perception probe, and the path of the full report.
 
-The training is ``perceptrl compare`` with a fixed, small setting; the table is
-:func:`evaluate_runs` (``perceptrl eval``'s evaluation) of the warm start and each final model.
+The training is the runs of ``perceptrl compare`` with a fixed, small setting and its report; the
+table is :func:`evaluate_runs` (``perceptrl eval``'s evaluation) of the warm start and each final
+model, run in the same pool of processes as the training (:func:`train_and_evaluate`).
 ``--quick`` is a smoke test of a few seconds. One seed shows whether a method learns at all on this
 benchmark and whether it collapses; it cannot rank the methods (``ONE_SEED_NOTE``).
 """
@@ -32,11 +33,12 @@ BENCHMARK = ["model.path=warmstart", f"data.families=[{','.join(BENCHMARK_FAMILI
              "data.template=boxed", "data.difficulty=1"]
 
 # Budget: every recipe at its own learning rate (2e-5 for all of them, inherited from recipes/grpo.yaml),
-# 8 prompts x 8 completions x 32 tokens per step, 100 steps. 100 because most of GRPO's gain has arrived
-# by then: held-out avg@8 +0.089 [+0.071, +0.107] over 5 seeds at step 100, +0.106 at step 200
-# (benchmarks/results/issue15_notes.md, "lr 2e-5"), and because 5 methods x 100 steps already take
-# about 5 minutes of wall time on 2 cores (README, "Two commands").
-FULL = dict(steps=100, prompts=8, n=8, val=32, tokens=32)
+# 8 prompts x 8 completions x 32 tokens per step, 80 steps: the most that keeps `make demo` under
+# 5 minutes from a fresh clone on 2 cores (the 5 runs cost about 3.5 CPU-s per step together, plus
+# about 90 CPU-s of evaluations and start-up). GRPO's held-out avg@8 gain over 5 seeds (64 items per
+# family): +0.081 [+0.067, +0.096] at step 80, +0.071 at 60, +0.089 at 100, +0.106 at 200
+# (benchmarks/results/issue15_demo_80steps_lr2e-5.jsonl and issue15_notes.md, "lr 2e-5").
+FULL = dict(steps=80, prompts=8, n=8, val=32, tokens=32)
 QUICK = dict(steps=2, prompts=2, n=4, val=2, tokens=8)
 K = 8  # samples per held-out item: avg@8 at T = 1 is PAPO's metric
 # The perception probe's blank image: white, the suite's empty background (an all-black image is far
@@ -44,9 +46,9 @@ K = 8  # samples per held-out item: avg@8 at T = 1 is PAPO's metric
 BLANK_FILL = 1.0
 
 ONE_SEED_NOTE = (
-    "One seed, 100 steps, 32 test items per family. What it can show: whether a method learns at all here "
+    "One seed, 80 steps, 32 test items per family. What it can show: whether a method learns at all here "
     "and whether one collapses. GRPO's avg@8 gain at this length, measured over 5 seeds on 64 items per "
-    "family, is +0.089 [95% interval +0.071, +0.107], every seed between +0.065 and +0.100; a reward that "
+    "family, is +0.081 [95% interval +0.067, +0.096], every seed between +0.064 and +0.093; a reward that "
     "ignores correctness loses 0.10 in 200 steps (benchmarks/grpo_learning.py). The demo's 32 items per "
     "family make one run's number noisier than that. What it cannot show: which method is better. "
     "Differences between methods of a few points are within that noise; `make results` compares them over "
@@ -146,10 +148,12 @@ def train_and_evaluate(specs: list, start_model: str, overrides: list[str], n_pe
     (:func:`evaluate_runs`), ``jobs`` processes at a time. Each model's evaluation is queued as soon
     as its run ends, behind the training still waiting, so the short evaluations fill the cores that
     the last runs leave idle; ``when_trained()`` (the report) runs in this process once every run is
-    done, while the last evaluations go on. ``jobs <= 1``: everything here, one after another.
+    done, while the last evaluations go on.
 
     Returns ``({run_dir or model: traceback}, {model: metrics})`` (finished runs are not run again,
     models already evaluated are read back)."""
+    import multiprocessing as mp
+
     from tqdm.auto import tqdm
 
     from perceptrl.eval.compare import COST_HINT, _steps_done, _worker, is_finished
@@ -193,41 +197,26 @@ def train_and_evaluate(specs: list, start_model: str, overrides: list[str], n_pe
             metrics[name] = m
 
     try:
-        if jobs <= 1:
-            for spec in todo:
-                run_dir, err = _worker(spec)
-                if err:
-                    errors[run_dir] = err
-                    say(f"run {run_dir} failed:\n{err}")
+        with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=mp.get_context("spawn")) as pool:
+            training = {pool.submit(_worker, s): s for s in todo}
+            evaluating = {pool.submit(_evaluate_job, START, start_model, *eval_args)}
+            evaluating |= {pool.submit(_evaluate_job, s.name, finals[s.name], *eval_args)
+                           for s in specs if s not in todo and Path(finals[s.name]).is_dir()}
+            while training:
+                done, _ = wait(set(training), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    spec = training.pop(fut)
+                    run_dir, err = fut.result()
+                    if err:
+                        errors[run_dir] = err
+                        say(f"run {run_dir} failed:\n{err}")
+                    elif Path(finals[spec.name]).is_dir():
+                        evaluating.add(pool.submit(_evaluate_job, spec.name, finals[spec.name], *eval_args))
             close_bar()
             if when_trained:
                 when_trained()
-            for name, folder in {START: start_model, **finals}.items():
-                if name == START or Path(folder).is_dir():
-                    take(*_evaluate_job(name, folder, *eval_args))
-        else:
-            import multiprocessing as mp
-
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-                training = {pool.submit(_worker, s): s for s in todo}
-                evaluating = {pool.submit(_evaluate_job, START, start_model, *eval_args)}
-                evaluating |= {pool.submit(_evaluate_job, s.name, finals[s.name], *eval_args)
-                               for s in specs if s not in todo and Path(finals[s.name]).is_dir()}
-                while training:
-                    done, _ = wait(set(training), return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        spec = training.pop(fut)
-                        run_dir, err = fut.result()
-                        if err:
-                            errors[run_dir] = err
-                            say(f"run {run_dir} failed:\n{err}")
-                        elif Path(finals[spec.name]).is_dir():
-                            evaluating.add(pool.submit(_evaluate_job, spec.name, finals[spec.name], *eval_args))
-                close_bar()
-                if when_trained:
-                    when_trained()
-                for fut in evaluating:
-                    take(*fut.result())
+            for fut in evaluating:
+                take(*fut.result())
     finally:
         close_bar()
     order = [START, *finals]
@@ -240,7 +229,7 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, jobs: int | Non
 
     recipes = recipes or DEMO_RECIPES
     budget = QUICK if quick else FULL
-    jobs = jobs if jobs is not None else (1 if quick else default_jobs())
+    jobs = jobs if jobs is not None else (2 if quick else default_jobs())
     out = Path(output_dir)
     k = K if not quick else 2
     print(f"perceptrl demo: {', '.join(recipes)} from the shipped warm start on the built-in benchmark "
