@@ -33,9 +33,9 @@ BENCHMARK = ["model.path=warmstart", f"data.families=[{','.join(BENCHMARK_FAMILI
              "data.template=boxed", "data.difficulty=1"]
 
 # Budget: every recipe at its own learning rate (2e-5 for all of them, inherited from recipes/grpo.yaml),
-# 8 prompts x 8 completions x 32 tokens per step, 80 steps: the most that keeps `make demo` under
-# 5 minutes from a fresh clone on 2 cores (the 5 runs cost about 3.5 CPU-s per step together, plus
-# about 90 CPU-s of evaluations and start-up). GRPO's held-out avg@8 gain over 5 seeds (64 items per
+# 8 prompts x 8 completions x 32 tokens per step, 80 steps: so that `make demo` stays under 5 minutes
+# from a fresh clone on 2 cores (the 5 runs cost about 3.7 CPU-s per step together, plus about 75 CPU-s
+# of evaluations and start-up: 366 CPU-s in all, README). GRPO's held-out avg@8 gain over 5 seeds (64 items per
 # family): +0.081 [+0.067, +0.096] at step 80, +0.071 at 60, +0.089 at 100, +0.106 at 200
 # (benchmarks/results/issue15_demo_80steps_lr2e-5.jsonl and issue15_notes.md, "lr 2e-5").
 FULL = dict(steps=80, prompts=8, n=8, val=32, tokens=32)
