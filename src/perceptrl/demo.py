@@ -3,20 +3,26 @@ NoisyRollout, NoisyGRPO, DUPL) on the built-in benchmark with one seed and a sho
 held-out avg@8 at T = 1 (PAPO's metric), pass@8 and greedy accuracy of each model before -> after,
 the shortcut family's perception probe, and the path of the full report.
 
-The training is ``perceptrl compare`` with a fixed, small setting; the table is
-:func:`evaluate_runs` (``perceptrl eval``'s evaluation) of the warm start and each final model.
+The training is the runs of ``perceptrl compare`` with a fixed, small setting and its report; the
+table is :func:`evaluate_runs` (``perceptrl eval``'s evaluation) of the warm start and each final
+model, run in the same pool of processes as the training (:func:`train_and_evaluate`).
 ``--quick`` is a smoke test of a few seconds. One seed shows whether a method learns at all on this
 benchmark and whether it collapses; it cannot rank the methods (``ONE_SEED_NOTE``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 
 DEMO_RECIPES = ["grpo", "papo_g", "noisy_rollout", "noisy_grpo", "dupl"]
+START = "warm start"  # the table's name for the shipped warm start
 
 # The benchmark (issue 15): the families of the built-in suite on which the tiny model perceives enough
 # for a verifiable reward to teach something (arith, compare and spatial stay in the suite and in the
@@ -27,11 +33,12 @@ BENCHMARK = ["model.path=warmstart", f"data.families=[{','.join(BENCHMARK_FAMILI
              "data.template=boxed", "data.difficulty=1"]
 
 # Budget: every recipe at its own learning rate (2e-5 for all of them, inherited from recipes/grpo.yaml),
-# 8 prompts x 8 completions x 32 tokens per step, 100 steps. 100 because most of GRPO's gain has arrived
-# by then: held-out avg@8 +0.089 [+0.071, +0.107] over 5 seeds at step 100, +0.106 at step 200
-# (benchmarks/results/issue15_notes.md, "lr 2e-5"), and because 5 methods x 100 steps already take
-# about 5 minutes of wall time on 2 cores (README, "Two commands").
-FULL = dict(steps=100, prompts=8, n=8, val=32, tokens=32)
+# 8 prompts x 8 completions x 32 tokens per step, 80 steps: so that `make demo` stays under 5 minutes
+# from a fresh clone on 2 cores (the 5 runs cost about 3.7 CPU-s per step together, plus about 75 CPU-s
+# of evaluations and start-up: 366 CPU-s in all, README). GRPO's held-out avg@8 gain over 5 seeds (64 items per
+# family): +0.081 [+0.067, +0.096] at step 80, +0.071 at 60, +0.089 at 100, +0.106 at 200
+# (benchmarks/results/issue15_demo_80steps_lr2e-5.jsonl and issue15_notes.md, "lr 2e-5").
+FULL = dict(steps=80, prompts=8, n=8, val=32, tokens=32)
 QUICK = dict(steps=2, prompts=2, n=4, val=2, tokens=8)
 K = 8  # samples per held-out item: avg@8 at T = 1 is PAPO's metric
 # The perception probe's blank image: white, the suite's empty background (an all-black image is far
@@ -39,9 +46,9 @@ K = 8  # samples per held-out item: avg@8 at T = 1 is PAPO's metric
 BLANK_FILL = 1.0
 
 ONE_SEED_NOTE = (
-    "One seed, 100 steps, 32 test items per family. What it can show: whether a method learns at all here "
+    "One seed, 80 steps, 32 test items per family. What it can show: whether a method learns at all here "
     "and whether one collapses. GRPO's avg@8 gain at this length, measured over 5 seeds on 64 items per "
-    "family, is +0.089 [95% interval +0.071, +0.107], every seed between +0.065 and +0.100; a reward that "
+    "family, is +0.081 [95% interval +0.067, +0.096], every seed between +0.064 and +0.093; a reward that "
     "ignores correctness loses 0.10 in 200 steps (benchmarks/grpo_learning.py). The demo's 32 items per "
     "family make one run's number noisier than that. What it cannot show: which method is better. "
     "Differences between methods of a few points are within that noise; `make results` compares them over "
@@ -96,7 +103,7 @@ def _cell(before: float | None, after: float | None) -> str:
     return f"{before:.3f} -> {after:.3f} ({after - before:+.3f})"
 
 
-def before_after_table(metrics: dict[str, dict], start: str = "warm start", k: int = 8) -> str:
+def before_after_table(metrics: dict[str, dict], start: str = START, k: int = 8) -> str:
     """Console table: avg@k, pass@k and greedy accuracy before -> after, and the shortcut probe."""
     base = metrics[start]
     header = ["method", f"avg@{k} (T=1)", f"pass@{k}", "greedy", "shortcut: held-out / image blanked / gap"]
@@ -112,33 +119,146 @@ def before_after_table(metrics: dict[str, dict], start: str = "warm start", k: i
     return "\n".join([line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]])
 
 
+def default_jobs() -> int:
+    """Processes at a time: one more than the cores (at most one per run). With exactly as many
+    processes as cores, the core that finishes its share first idles while the last run trains
+    (5 runs of unequal length on 2 cores: about 40 s of one idle core); one process more keeps
+    every core busy to the end, at the cost of a few context switches."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(2, min(len(DEMO_RECIPES), cores + 1))
+
+
+def _evaluate_job(name: str, folder: str, overrides: list[str], n_per_family: int, k: int,
+                  output_dir: str) -> tuple[str, dict | None, str | None]:
+    """Process-pool entry: one model's evaluation; an error comes back as text."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        return name, evaluate_runs({name: folder}, overrides, n_per_family, k, output_dir)[name], None
+    except Exception:  # noqa: BLE001 - reported by the parent, the other jobs go on
+        return name, None, traceback.format_exc()
+
+
+def train_and_evaluate(specs: list, start_model: str, overrides: list[str], n_per_family: int, k: int,
+                       eval_dir: Path, jobs: int, say, show_progress: bool = True,
+                       when_trained=None) -> tuple[dict[str, str], dict[str, dict]]:
+    """Train every unfinished run of ``specs`` and evaluate the starting model and each final model
+    (:func:`evaluate_runs`), ``jobs`` processes at a time. Each model's evaluation is queued as soon
+    as its run ends, behind the training still waiting, so the short evaluations fill the cores that
+    the last runs leave idle; ``when_trained()`` (the report) runs in this process once every run is
+    done, while the last evaluations go on.
+
+    Returns ``({run_dir or model: traceback}, {model: metrics})`` (finished runs are not run again,
+    models already evaluated are read back)."""
+    import multiprocessing as mp
+
+    from tqdm.auto import tqdm
+
+    from perceptrl.eval.compare import COST_HINT, _steps_done, _worker, is_finished
+
+    finals = {s.name: str(Path(s.run_dir) / "final") for s in specs}
+    todo = sorted((s for s in specs if not is_finished(s.run_dir)), key=lambda s: -COST_HINT.get(s.name, 1.0))
+    if len(todo) < len(specs):
+        say(f"{len(specs) - len(todo)} of {len(specs)} runs already finished: not run again")
+    budgets = {s.run_dir: s.max_steps for s in specs}
+    bar = tqdm(total=sum(budgets.values()), desc="demo", unit="step", file=sys.stderr, dynamic_ncols=True,
+               disable=not show_progress or not todo)
+    stop = threading.Event()
+
+    def refresh() -> None:
+        bar.n = sum(n if is_finished(d) else min(_steps_done(d), n) for d, n in budgets.items())
+        bar.refresh()
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            refresh()
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+
+    def close_bar() -> None:  # once every run is done
+        if not stop.is_set():
+            stop.set()
+            poller.join(timeout=5)
+            refresh()
+            bar.close()
+
+    errors: dict[str, str] = {}
+    metrics: dict[str, dict] = {}
+    eval_args = (overrides, n_per_family, k, str(eval_dir))
+
+    def take(name, m, err) -> None:
+        if err:
+            errors[name] = err
+            say(f"evaluation of {name} failed:\n{err}")
+        else:
+            metrics[name] = m
+
+    try:
+        with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=mp.get_context("spawn")) as pool:
+            training = {pool.submit(_worker, s): s for s in todo}
+            evaluating = {pool.submit(_evaluate_job, START, start_model, *eval_args)}
+            evaluating |= {pool.submit(_evaluate_job, s.name, finals[s.name], *eval_args)
+                           for s in specs if s not in todo and Path(finals[s.name]).is_dir()}
+            while training:
+                done, _ = wait(set(training), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    spec = training.pop(fut)
+                    run_dir, err = fut.result()
+                    if err:
+                        errors[run_dir] = err
+                        say(f"run {run_dir} failed:\n{err}")
+                    elif Path(finals[spec.name]).is_dir():
+                        evaluating.add(pool.submit(_evaluate_job, spec.name, finals[spec.name], *eval_args))
+            close_bar()
+            if when_trained:
+                when_trained()
+            for fut in evaluating:
+                take(*fut.result())
+    finally:
+        close_bar()
+    order = [START, *finals]
+    return errors, {name: metrics[name] for name in order if name in metrics}
+
+
 def run_demo(output_dir: str = "runs/demo", quick: bool = False, jobs: int | None = None,
              recipes: list[str] | None = None) -> dict:
-    from perceptrl.eval.compare import run_compare
+    from perceptrl.eval.compare import plan_runs, run_compare
 
     recipes = recipes or DEMO_RECIPES
     budget = QUICK if quick else FULL
-    jobs = jobs if jobs is not None else (1 if quick else 2)
+    jobs = jobs if jobs is not None else (2 if quick else default_jobs())
     out = Path(output_dir)
+    k = K if not quick else 2
     print(f"perceptrl demo: {', '.join(recipes)} from the shipped warm start on the built-in benchmark "
           f"({len(BENCHMARK_FAMILIES)} families), 1 seed, {budget['steps']} steps x {budget['prompts']} prompts x "
-          f"{budget['n']} completions each; held-out set: {budget['val']} items per family; {jobs} run(s) at a time",
-          flush=True)
+          f"{budget['n']} completions each; held-out set: {budget['val']} items per family; "
+          f"{jobs} process(es) at a time", flush=True)
     t0 = time.perf_counter()
     say = lambda m: print(f"[demo] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    data = run_compare(
-        recipes, [0], out, demo_overrides(budget), recipe_overrides(budget["steps"], recipes), jobs=jobs,
-        num_threads=1, save_steps=10, say=say,
-        title="perceptrl demo: one seed, short budget",
-        notes=["One seed and a short budget: no confidence intervals. `docs/RESULTS.md` has the multi-seed "
-               "comparison; the avg@8 table of the demo is printed on the console and saved as demo_avg8.md."],
-    )
-    say(f"evaluating the warm start and {len(recipes)} trained models: avg@{K} at T = 1, pass@{K}, greedy, probe")
-    models = {"warm start": "warmstart"}
-    models.update({r: str(out / "runs" / r / "seed0" / "final") for r in recipes
-                   if (out / "runs" / r / "seed0" / "final").is_dir()})
-    metrics = evaluate_runs(models, BENCHMARK, budget["val"], k=K if not quick else 2, output_dir=out / "eval")
-    table = before_after_table(metrics, k=K if not quick else 2)
+    overrides, per_recipe = demo_overrides(budget), recipe_overrides(budget["steps"], recipes)
+    specs = plan_runs(recipes, [0], out / "runs", overrides, per_recipe, num_threads=1, save_steps=10)
+    say(f"training {len(specs)} runs; the warm start and each trained model are evaluated as soon as they can "
+        f"be (avg@{k} at T = 1, pass@{k}, greedy, probe)")
+    report: dict = {}
+
+    def write_report() -> None:  # from the finished runs' result.json, as `perceptrl compare` writes it
+        report.update(run_compare(
+            recipes, [0], out, overrides, per_recipe, num_threads=1, save_steps=10, report_only=True, say=say,
+            title="perceptrl demo: one seed, short budget",
+            notes=["One seed and a short budget: no confidence intervals. `docs/RESULTS.md` has the multi-seed "
+                   "comparison; the avg@8 table of the demo is printed on the console and saved as demo_avg8.md."],
+        ))
+
+    errors, metrics = train_and_evaluate(specs, "warmstart", BENCHMARK, budget["val"], k, out / "eval", jobs, say,
+                                         when_trained=write_report)
+    data = report
+    data["errors"] = errors
+    if START not in metrics:
+        raise RuntimeError(f"the evaluation of the warm start failed:\n{errors.get(START, '')}")
+    table = before_after_table(metrics, k=k)
     print()
     print(f"held-out accuracy on {budget['val']} items x {len(BENCHMARK_FAMILIES)} families, before -> after training")
     print(table)
