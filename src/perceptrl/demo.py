@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -147,44 +146,20 @@ def train_and_evaluate(specs: list, start_model: str, overrides: list[str], n_pe
     """Train every unfinished run of ``specs`` and evaluate the starting model and each final model
     (:func:`evaluate_runs`), ``jobs`` processes at a time. Each model's evaluation is queued as soon
     as its run ends, behind the training still waiting, so the short evaluations fill the cores that
-    the last runs leave idle; ``when_trained()`` (the report) runs in this process once every run is
-    done, while the last evaluations go on.
+    the last runs leave idle; ``when_trained(errors)`` (the report, given the training errors) runs in
+    this process once every run is done, while the last evaluations go on.
 
     Returns ``({run_dir or model: traceback}, {model: metrics})`` (finished runs are not run again,
     models already evaluated are read back)."""
     import multiprocessing as mp
 
-    from tqdm.auto import tqdm
-
-    from perceptrl.eval.compare import COST_HINT, _steps_done, _worker, is_finished
+    from perceptrl.eval.compare import COST_HINT, StepProgress, is_finished, run_worker
 
     finals = {s.name: str(Path(s.run_dir) / "final") for s in specs}
     todo = sorted((s for s in specs if not is_finished(s.run_dir)), key=lambda s: -COST_HINT.get(s.name, 1.0))
     if len(todo) < len(specs):
         say(f"{len(specs) - len(todo)} of {len(specs)} runs already finished: not run again")
-    budgets = {s.run_dir: s.max_steps for s in specs}
-    bar = tqdm(total=sum(budgets.values()), desc="demo", unit="step", file=sys.stderr, dynamic_ncols=True,
-               disable=not show_progress or not todo)
-    stop = threading.Event()
-
-    def refresh() -> None:
-        bar.n = sum(n if is_finished(d) else min(_steps_done(d), n) for d, n in budgets.items())
-        bar.refresh()
-
-    def poll() -> None:
-        while not stop.wait(1.0):
-            refresh()
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-
-    def close_bar() -> None:  # once every run is done
-        if not stop.is_set():
-            stop.set()
-            poller.join(timeout=5)
-            refresh()
-            bar.close()
-
+    progress = StepProgress(specs, "demo", show_progress and bool(todo))
     errors: dict[str, str] = {}
     metrics: dict[str, dict] = {}
     eval_args = (overrides, n_per_family, k, str(eval_dir))
@@ -198,7 +173,7 @@ def train_and_evaluate(specs: list, start_model: str, overrides: list[str], n_pe
 
     try:
         with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=mp.get_context("spawn")) as pool:
-            training = {pool.submit(_worker, s): s for s in todo}
+            training = {pool.submit(run_worker, s): s for s in todo}
             evaluating = {pool.submit(_evaluate_job, START, start_model, *eval_args)}
             evaluating |= {pool.submit(_evaluate_job, s.name, finals[s.name], *eval_args)
                            for s in specs if s not in todo and Path(finals[s.name]).is_dir()}
@@ -207,25 +182,26 @@ def train_and_evaluate(specs: list, start_model: str, overrides: list[str], n_pe
                 for fut in done:
                     spec = training.pop(fut)
                     run_dir, err = fut.result()
+                    progress.finished += err is None
                     if err:
                         errors[run_dir] = err
                         say(f"run {run_dir} failed:\n{err}")
                     elif Path(finals[spec.name]).is_dir():
                         evaluating.add(pool.submit(_evaluate_job, spec.name, finals[spec.name], *eval_args))
-            close_bar()
+            progress.close()
             if when_trained:
-                when_trained()
+                when_trained(dict(errors))
             for fut in evaluating:
                 take(*fut.result())
     finally:
-        close_bar()
+        progress.close()
     order = [START, *finals]
     return errors, {name: metrics[name] for name in order if name in metrics}
 
 
 def run_demo(output_dir: str = "runs/demo", quick: bool = False, jobs: int | None = None,
              recipes: list[str] | None = None) -> dict:
-    from perceptrl.eval.compare import plan_runs, run_compare
+    from perceptrl.eval.compare import plan_runs, report_runs
 
     recipes = recipes or DEMO_RECIPES
     budget = QUICK if quick else FULL
@@ -244,12 +220,12 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, jobs: int | Non
         f"be (avg@{k} at T = 1, pass@{k}, greedy, probe)")
     report: dict = {}
 
-    def write_report() -> None:  # from the finished runs' result.json, as `perceptrl compare` writes it
-        report.update(run_compare(
-            recipes, [0], out, overrides, per_recipe, num_threads=1, save_steps=10, report_only=True, say=say,
-            title="perceptrl demo: one seed, short budget",
+    def write_report(training_errors: dict[str, str]) -> None:  # as `perceptrl compare` writes it
+        report.update(report_runs(
+            specs, out, overrides, per_recipe, training_errors, title="perceptrl demo: one seed, short budget",
             notes=["One seed and a short budget: no confidence intervals. `docs/RESULTS.md` has the multi-seed "
                    "comparison; the avg@8 table of the demo is printed on the console and saved as demo_avg8.md."],
+            wall_time_s=time.perf_counter() - t0,
         ))
 
     errors, metrics = train_and_evaluate(specs, "warmstart", BENCHMARK, budget["val"], k, out / "eval", jobs, say,

@@ -178,7 +178,7 @@ def _mean(values) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def _worker(spec: RunSpec) -> tuple[str, str | None]:
+def run_worker(spec: RunSpec) -> tuple[str, str | None]:
     """Process-pool entry: run and report an error as text (tracebacks do not pickle well)."""
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.num_threads))
     try:
@@ -188,7 +188,7 @@ def _worker(spec: RunSpec) -> tuple[str, str | None]:
         return spec.run_dir, traceback.format_exc()
 
 
-def _steps_done(run_dir: str) -> int:
+def steps_done(run_dir: str) -> int:
     """The newest step logged in a run's metrics.jsonl (0 when none)."""
     path = Path(run_dir) / "metrics.jsonl"
     try:
@@ -206,14 +206,47 @@ def _steps_done(run_dir: str) -> int:
     return 0
 
 
+class StepProgress:
+    """A tqdm bar of the steps done over all ``specs`` (the runs train in other processes: a thread
+    reads their metrics.jsonl once a second). ``finished`` counts the runs done; ``close()`` may be
+    called more than once."""
+
+    def __init__(self, specs: list[RunSpec], desc: str, show: bool = True):
+        from tqdm.auto import tqdm
+
+        self.budgets = {s.run_dir: s.max_steps for s in specs}
+        self.finished = sum(is_finished(d) for d in self.budgets)
+        self.bar = tqdm(total=sum(self.budgets.values()), desc=desc, unit="step", file=sys.stderr,
+                        dynamic_ncols=True, disable=not show)
+        self.refresh()
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, daemon=True)
+        self._poller.start()
+
+    def refresh(self) -> None:
+        self.bar.n = sum(n if is_finished(d) else min(steps_done(d), n) for d, n in self.budgets.items())
+        self.bar.set_postfix_str(f"runs {self.finished}/{len(self.budgets)}", refresh=False)
+        self.bar.refresh()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(1.0):
+            self.refresh()
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._poller.join(timeout=5)
+        self.refresh()
+        self.bar.close()
+
+
 def execute(specs: list[RunSpec], jobs: int = 1, show_progress: bool = True,
             say: Callable[[str], None] | None = None) -> dict[str, str]:
     """Run every unfinished spec (``jobs`` at a time); a tqdm bar counts steps across all runs.
 
     Returns ``{run_dir: traceback}`` for the runs that failed (the others are finished).
     """
-    from tqdm.auto import tqdm
-
     say = say or (lambda m: None)
     todo = [s for s in specs if not is_finished(s.run_dir)]
     skipped = len(specs) - len(todo)
@@ -227,35 +260,14 @@ def execute(specs: list[RunSpec], jobs: int = 1, show_progress: bool = True,
                         "delete it (or use another --runs-dir) to run it with the new ones")
     if not todo:
         return {}
-    budgets = {s.run_dir: s.max_steps for s in specs}
-    total = sum(budgets.values())
-    done_steps = {s.run_dir: budgets[s.run_dir] for s in specs if is_finished(s.run_dir)}
-    bar = tqdm(total=total, initial=sum(done_steps.values()), desc="compare", unit="step", file=sys.stderr,
-               dynamic_ncols=True, disable=not show_progress)
-    finished_runs = [skipped]
-    stop = threading.Event()
-
-    def refresh() -> None:
-        count = 0
-        for s in specs:
-            count += budgets[s.run_dir] if is_finished(s.run_dir) else min(_steps_done(s.run_dir), budgets[s.run_dir])
-        bar.n = count
-        bar.set_postfix_str(f"runs {finished_runs[0]}/{len(specs)}", refresh=False)
-        bar.refresh()
-
-    def poll() -> None:
-        while not stop.wait(1.0):
-            refresh()
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
+    progress = StepProgress(specs, "compare", show_progress)
     errors: dict[str, str] = {}
     try:
         if jobs <= 1:
             for spec in todo:
-                bar.set_description(f"compare {spec.name} s{spec.seed}")
-                run_dir, err = _worker(spec)
-                finished_runs[0] += err is None
+                progress.bar.set_description(f"compare {spec.name} s{spec.seed}")
+                run_dir, err = run_worker(spec)
+                progress.finished += err is None
                 if err:
                     errors[run_dir] = err
                     say(f"run {run_dir} failed:\n{err}")
@@ -265,20 +277,17 @@ def execute(specs: list[RunSpec], jobs: int = 1, show_progress: bool = True,
             seed_rank = {seed: i for i, seed in reversed(list(enumerate(s.seed for s in specs)))}
             todo.sort(key=lambda s: (seed_rank[s.seed], -COST_HINT.get(s.name, 1.0)))
             with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-                pending = {pool.submit(_worker, s) for s in todo}
+                pending = {pool.submit(run_worker, s) for s in todo}
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
                         run_dir, err = fut.result()
-                        finished_runs[0] += err is None
+                        progress.finished += err is None
                         if err:
                             errors[run_dir] = err
                             say(f"run {run_dir} failed:\n{err}")
     finally:
-        stop.set()
-        poller.join(timeout=5)
-        refresh()
-        bar.close()
+        progress.close()
     return errors
 
 
@@ -305,8 +314,6 @@ def run_compare(recipes: list[str], seeds: list[int], output_dir: str | Path, ov
                 notes: list[str] | None = None, tune_lrs: list[float] | None = None, tune_seed: int = 100,
                 tune_steps: int | None = None, tune_k: int = 0, tune_like: dict[str, str] | None = None) -> dict:
     """Run (or resume) the comparison and write its report; returns the report data."""
-    from perceptrl.eval.compare_report import build_report_data, write_report
-
     output_dir = Path(output_dir)
     runs_dir = Path(runs_dir) if runs_dir else output_dir / "runs"
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -328,14 +335,28 @@ def run_compare(recipes: list[str], seeds: list[int], output_dir: str | Path, ov
             recipe_overrides[name] = [f"train.lr={row['lr']}", *recipe_overrides.get(name, [])]
     specs = plan_runs(recipes, seeds, runs_dir, overrides, recipe_overrides, num_threads, save_steps, probe)
     errors = {} if report_only else execute(specs, jobs, show_progress, say)
+    return report_runs(specs, output_dir, overrides, recipe_overrides, errors, baseline, title, notes, tuning,
+                       time.perf_counter() - t0)
+
+
+def report_runs(specs: list[RunSpec], output_dir: str | Path, overrides: list[str] | None = None,
+                recipe_overrides: dict[str, list[str]] | None = None, errors: dict[str, str] | None = None,
+                baseline: str | None = None, title: str | None = None, notes: list[str] | None = None,
+                tuning: dict | None = None, wall_time_s: float = 0.0) -> dict:
+    """Write the report of the finished runs among ``specs`` (``compare.json``, ``report.md``,
+    ``report.html`` and the plots in ``output_dir``); the unfinished ones are listed as missing."""
+    from perceptrl.eval.compare_report import build_report_data, write_report
+
     records = collect_runs(specs)
     missing = [f"{s.name} seed {s.seed}" for s in specs if not is_finished(s.run_dir)]
-    base = baseline or ("grpo" if "grpo" in [s.name for s in specs] else specs[0].name)
+    names = list(dict.fromkeys(s.name for s in specs))
+    base = baseline or ("grpo" if "grpo" in names else names[0])
     data = build_report_data(
-        records, recipes=[recipe_name(r) for r in recipes], seeds=list(seeds), baseline=base,
+        records, recipes=names, seeds=list(dict.fromkeys(s.seed for s in specs)), baseline=base,
         overrides=list(overrides or []), recipe_overrides=recipe_overrides or {}, missing=missing,
-        errors=errors, wall_time_s=time.perf_counter() - t0, title=title, notes=notes or [], tuning=tuning,
+        errors=dict(errors or {}), wall_time_s=wall_time_s, title=title, notes=notes or [], tuning=tuning,
     )
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
     write_report(data, output_dir)
     return data
 
