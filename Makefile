@@ -62,7 +62,8 @@ warmstart: $(VENV)/.base
 # 2. benchmarks/results_avg_at_k.py: the headline, held-out avg@8 at T = 1 (PAPO's metric), pass@8 and
 #    greedy accuracy of every final model on the test items, paired 95% intervals over seeds, the shortcut
 #    family's probe and the papers' claims judged on avg@8 (docs/results/avg_at_k.md);
-# 3. the NoisyGRPO supplement at lower learning rates (its recipe is the released frozen-vision setting);
+# 3. the NoisyGRPO supplement (NOISY_GRPO_SUPPLEMENT): its recipe (the released frozen vision modules)
+#    at a lower and a higher learning rate, and at the higher one with the vision tower trained;
 # 4. benchmarks/results_page.py: docs/RESULTS.md from those reports, with this invocation's wall time
 #    (appended to docs/results/run_times.jsonl).
 # 100 steps so that the whole target fits in the 3 hours asked of it on 2 cores; how long it took is in
@@ -70,6 +71,10 @@ warmstart: $(VENV)/.base
 RESULTS_RECIPES ?= grpo dr_grpo dapo papo_g papo_d noisy_rollout noisy_grpo dupl dupl_released dupl_dapo \
 	papo_noisy_rollout dupl_no_u_per dupl_no_u_out
 RESULTS_SEEDS ?= 0 1 2 3 4
+# NoisyGRPO beside its tuned run (its recipe: the released frozen vision modules): a lower rate, a higher
+# one, and the higher one with the vision tower trained (name:override,override ...)
+NOISY_GRPO_SUPPLEMENT ?= lr1e-5:train.lr=1e-5 lr1e-4:train.lr=1e-4 \
+	lr1e-4_vision_trained:train.lr=1e-4,model.freeze_vision_tower=false
 RESULTS_STEPS ?= 100
 RESULTS_DATA := model.path=warmstart "data.families=[count,pope,shortcut,text]" data.image_size=112 \
 	data.template=boxed data.val_per_family=64 train.max_steps=$(RESULTS_STEPS) data.rollout_batch_size=8 \
@@ -84,13 +89,14 @@ results: $(VENV)/.base
 	mkdir -p runs && date +%s > runs/.results_started
 	$(VENV)/bin/perceptrl compare $(RESULTS_ARGS)
 	$(PY) benchmarks/results_avg_at_k.py --runs-dir runs/results --output docs/results/avg_at_k.md
-	# supplement (outside the equal tuning budget): NoisyGRPO at lower learning rates
-	for lr in 5e-6 1e-5; do \
+	# supplement (outside the equal tuning budget): NoisyGRPO at other settings, 5 seeds each
+	for item in $(NOISY_GRPO_SUPPLEMENT); do \
+		name=$${item%%:*}; sets=$$(echo $${item#*:} | tr , ' '); \
 		$(VENV)/bin/perceptrl compare --recipes noisy_grpo --seeds $(RESULTS_SEEDS) --jobs 2 --threads 1 \
-			--output-dir docs/results/noisy_grpo_lr$$lr --runs-dir runs/results_noisy_grpo_lr$$lr \
-			--title "supplement: NoisyGRPO at lr $$lr (outside the equal tuning budget)" $(RESULTS_DATA) train.lr=$$lr \
-			&& $(PY) benchmarks/results_avg_at_k.py --runs-dir runs/results_noisy_grpo_lr$$lr --baseline noisy_grpo \
-			--output docs/results/noisy_grpo_lr$$lr/avg_at_k.md || exit 1; \
+			--output-dir docs/results/noisy_grpo_$$name --runs-dir runs/results_noisy_grpo_$$name \
+			--title "supplement: NoisyGRPO, $$sets (outside the equal tuning budget)" $(RESULTS_DATA) $$sets \
+			&& $(PY) benchmarks/results_avg_at_k.py --runs-dir runs/results_noisy_grpo_$$name --baseline noisy_grpo \
+			--output docs/results/noisy_grpo_$$name/avg_at_k.md || exit 1; \
 	done
 	$(PY) benchmarks/results_page.py --results docs/results --output docs/RESULTS.md --started $$(cat runs/.results_started)
 

@@ -132,26 +132,30 @@ def gains(avg: dict, key: str = "avg@8") -> dict[str, dict]:
 
 
 def noisy_grpo_section(results: Path, avg: dict | None, chosen_lr: float | None) -> list[str]:
-    lines = ["## NoisyGRPO at lower learning rates (supplement)", "",
+    lines = ["## NoisyGRPO at other settings (supplement)", "",
              "NoisyGRPO's noise-prior advantage is non-zero even when every reward of a group is equal "
              "(ALGORITHMS.md section 6), so it keeps pushing where GRPO would not; at too large a step this "
-             "has collapsed the policy on earlier benchmarks. Its recipe is the released setting (frozen "
+             "collapsed the policy on the earlier benchmark. Its recipe is the released setting (frozen "
              "vision modules, TRL's loss, one update per rollout batch). Gain in held-out avg@8 over the warm "
              "start [95% CI over seeds], and the lowest answer-format rate of any seed (a collapsed policy "
              "stops writing a boxed answer):", "",
-             "| learning rate | seeds | avg@8 gain | greedy gain | lowest format rate |", "|---|---|---|---|---|"]
+             "| setting | seeds | avg@8 gain | greedy gain | lowest format rate |", "|---|---|---|---|---|"]
     rows = []
     if avg and "noisy_grpo" in avg["runs"]:
-        rows.append((chosen_lr, avg))
-    for folder in sorted(results.glob("noisy_grpo_lr*")):
-        sub = load_json(folder / "avg_at_k.json")
-        if sub and "noisy_grpo" in sub["runs"]:
-            rows.append((float(folder.name.removeprefix("noisy_grpo_lr")), sub))
-    for lr, data in sorted(rows, key=lambda r: r[0] or 0):
+        rows.append((chosen_lr or 0.0, f"lr {chosen_lr:g} (tuned; the main comparison)" if chosen_lr else
+                     "the main comparison", avg))
+    for folder in sorted(results.glob("noisy_grpo_*")):
+        sub, sub_compare = load_json(folder / "avg_at_k.json"), load_json(folder / "compare.json")
+        if not (sub and sub_compare and "noisy_grpo" in sub["runs"]):
+            continue
+        sets = dict(o.split("=", 1) for o in sub_compare["overrides"] if "=" in o)
+        lr = float(sets.get("train.lr", 0.0))
+        vision = "trained" if sets.get("model.freeze_vision_tower", "").lower() == "false" else "frozen"
+        rows.append((lr, f"lr {lr:g}, vision tower {vision}", sub))
+    for _, label, data in sorted(rows, key=lambda r: (r[0], r[1])):
         g = gains(data)["noisy_grpo"]
         greedy = gains(data, "accuracy")["noisy_grpo"]["gain"]
         fmt = "-" if g["format_min"] is None else f"{g['format_min']:.2f}"
-        label = f"{lr:g}" + (" (tuned, main comparison)" if data is avg else "")
         lines.append(f"| {label} | {g['gain'].n} | {_diff(g['gain'])} | {_diff(greedy)} | {fmt} |")
     return lines
 

@@ -39,10 +39,13 @@ def write_reports(folder: Path) -> None:
     }
     (folder / "avg_at_k.json").write_text(json.dumps({"warm_start": metrics(0.48), "runs": runs}))
     (folder / "avg_at_k.md").write_text("# Held-out avg@8\n\n## Paired difference to grpo\n\n| table |\n")
-    sub = folder / "noisy_grpo_lr5e-06"
-    sub.mkdir()
-    (sub / "avg_at_k.json").write_text(json.dumps({"warm_start": metrics(0.48), "runs": {
-        "noisy_grpo": {str(s): metrics(0.52 + 0.01 * s) for s in range(3)}}}))
+    for name, sets, gain in (("lr5e-6", ["train.lr=5e-6"], 0.04),
+                             ("lr1e-4_vision_trained", ["train.lr=1e-4", "model.freeze_vision_tower=false"], -0.3)):
+        sub = folder / f"noisy_grpo_{name}"
+        sub.mkdir()
+        (sub / "compare.json").write_text(json.dumps({"overrides": ["train.max_steps=100", *sets]}))
+        (sub / "avg_at_k.json").write_text(json.dumps({"warm_start": metrics(0.48), "runs": {
+            "noisy_grpo": {str(s): metrics(0.48 + gain + 0.01 * s) for s in range(3)}}}))
 
 
 def test_page_from_reports(tmp_path, monkeypatch):
@@ -61,9 +64,12 @@ def test_page_from_reports(tmp_path, monkeypatch):
     assert reversed_.startswith("- **reversed (CI below 0)**")
     assert "| papo_g | 0.560 | 0.520 | 1e-05 |" in text  # tuning table from compare.json
     assert "### Paired difference to grpo" in text  # the evaluation report, one level down
-    # supplement: the tuned rate (collapsed: format rate 0.20) and 5e-6 (learns)
-    rows = [line for line in text.splitlines() if line.startswith("| 2e-05 (tuned") or line.startswith("| 5e-06")]
-    assert len(rows) == 2 and "| 0.20 |" in rows[1] and "-0.180 [" in rows[1] and "+0.050 [" in rows[0]
+    # supplement, by learning rate: 5e-6 (learns), the tuned 2e-5 (collapsed: format rate 0.20), 1e-4 with
+    # the vision tower trained (read from its compare.json overrides)
+    rows = [line for line in text.splitlines() if line.startswith("| lr ")]
+    assert [r.split(" | ")[0] for r in rows] == ["| lr 5e-06, vision tower frozen", "| lr 2e-05 (tuned; the main comparison)",
+                                                  "| lr 0.0001, vision tower trained"]
+    assert "+0.050 [" in rows[0] and "-0.180 [" in rows[1] and "| 0.20 |" in rows[1] and "-0.290 [" in rows[2]
     # two invocations recorded: 90 min timed before, and the one that wrote the page
     assert "over 2 invocation(s)" in text and "timed by /usr/bin/time" in text
     assert "100 rollout steps of 8 prompts x 8 completions x at most 32 tokens" in text
