@@ -51,8 +51,9 @@ SCORES = """## How it was produced
    probe (accuracy with the image blanked), 95% intervals over seeds and differences to GRPO paired
    over matched seeds (same seed: same initial sampling, data order). `*` marks an interval that
    excludes 0.
-4. The NoisyGRPO supplement: its recipe (the released setting: frozen vision modules, TRL's loss)
-   at lower learning rates, outside the equal tuning budget.
+4. The NoisyGRPO supplement (Makefile `NOISY_GRPO_SUPPLEMENT`): its recipe (the released setting:
+   frozen vision modules, TRL's loss) at other learning rates and with the vision tower trained, 5
+   seeds each, outside the equal tuning budget.
 """
 
 
@@ -109,7 +110,17 @@ def claims_summary(avg: dict, key: str = "avg@8") -> list[str]:
                                                                   for g in ("vision_dependent", "text_only")}}}
                      for s, m in seeds.items()} for r, seeds in avg["runs"].items()}
     claims = check_claims(by_recipe)
-    out = []
+    if not claims:
+        return ["No claim could be judged: the runs of its two methods are missing."]
+    words = [verdict(c["difference"]).split(" (")[0] for c in claims]
+    widths = [(c["difference"]["high"] - c["difference"]["low"]) / 2 for c in claims
+              if c["difference"].get("low") is not None]
+    kinds = ("held", "positive, not significant", "not seen", "reversed")
+    out = [f"Of {len(claims)} claims: " + "; ".join(f"{words.count(w)} {w}" for w in kinds) + "."]
+    if widths:
+        out[0] += (f" The 95% intervals of the paired differences are +-{min(widths):.3f} to +-{max(widths):.3f} "
+                   "wide: differences smaller than that cannot be told apart with these seeds.")
+    out.append("")
     for word in ("held", "positive, not significant", "not seen", "reversed"):
         picked = [c for c in claims if verdict(c["difference"]).startswith(word)]
         for c in picked:

@@ -60,6 +60,7 @@ def test_page_from_reports(tmp_path, monkeypatch):
     text = out.read_text()
     held = next(line for line in text.splitlines() if "PAPO above GRPO (arXiv" in line)
     assert held.startswith("- **held (CI above 0)**") and "papo_g - grpo" in held
+    assert "Of 5 claims: 3 held; 0 positive, not significant; 0 not seen; 2 reversed." in text
     reversed_ = next(line for line in text.splitlines() if "NoisyRollout above GRPO (arXiv" in line)
     assert reversed_.startswith("- **reversed (CI below 0)**")
     assert "| papo_g | 0.560 | 0.520 | 1e-05 |" in text  # tuning table from compare.json
