@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from perceptrl.demo import BENCHMARK, evaluate_runs
-from perceptrl.eval.compare_report import check_claims, verdict
+from perceptrl.eval.compare_report import check_claims, fmt_diff, verdict
 from perceptrl.eval.stats import mean_ci, paired_difference
 
 GROUPS = ("all", "vision_dependent", "text_only")
@@ -60,11 +60,6 @@ def fmt_ci(values: dict[int, float]) -> str:
         return f"{vals[0]:.3f}"
     ci = mean_ci(vals)
     return f"{ci.mean:.3f} ± {ci.half_width:.3f}"
-
-
-def fmt_diff(d) -> str:
-    star = "*" if d.n > 1 and (d.low > 0 or d.high < 0) else ""
-    return f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]{star}" if d.n > 1 else f"{d.mean:+.3f}"
 
 
 def main() -> None:
@@ -124,14 +119,14 @@ def main() -> None:
             if recipe == args.baseline:
                 continue
             cells = [fmt_diff(paired_difference({s: m[c[1]] for s, m in seeds.items() if c[1] in m},
-                                                {s: m[c[1]] for s, m in base.items() if c[1] in m}))
+                                                {s: m[c[1]] for s, m in base.items() if c[1] in m}).to_dict())
                      for c in columns[:5]]
             lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
         lines += ["", "## Gain over the warm start (after - before) [95% CI over seeds]", "",
                   "| method | " + " | ".join(c[0] for c in columns[:3]) + " |", "|---|---|---|---|"]
         for recipe, seeds in metrics.items():
             cells = [fmt_diff(paired_difference({s: m[c[1]] for s, m in seeds.items()},
-                                                {s: start[c[1]] for s in seeds})) for c in columns[:3]]
+                                                {s: start[c[1]] for s in seeds}).to_dict()) for c in columns[:3]]
             lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
     by_recipe = {r: {s: {"after": as_accuracy_names(m, key)} for s, m in seeds.items()} for r, seeds in metrics.items()}
     claims = check_claims(by_recipe)

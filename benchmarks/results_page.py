@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from perceptrl.eval.compare_report import check_claims, verdict
+from perceptrl.eval.compare_report import check_claims, fmt_diff, verdict
 from perceptrl.eval.stats import paired_difference
 
 HEADER = """# The papers' claims on the built-in benchmark
@@ -167,7 +167,8 @@ def noisy_grpo_section(results: Path, avg: dict | None, chosen_lr: float | None)
         g = gains(data)["noisy_grpo"]
         greedy = gains(data, "accuracy")["noisy_grpo"]["gain"]
         fmt = "-" if g["format_min"] is None else f"{g['format_min']:.2f}"
-        lines.append(f"| {label} | {g['gain'].n} | {_diff(g['gain'])} | {_diff(greedy)} | {fmt} |")
+        cells = [str(g["gain"].n), fmt_diff(g["gain"].to_dict()), fmt_diff(greedy.to_dict()), fmt]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -206,13 +207,6 @@ def plot_gains(avg: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _diff(d) -> str:
-    if d.n < 2:
-        return f"{d.mean:+.3f}"
-    star = "*" if d.low > 0 or d.high < 0 else ""
-    return f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]{star}"
 
 
 def main() -> None:

@@ -153,24 +153,28 @@ def run_one(spec: RunSpec) -> dict:
     return record
 
 
-def _probe(config, run_dir: Path) -> dict:
-    """Greedy accuracy of the final model on the original, masked and blank images."""
+def _evaluate_final(config, run_dir: Path, settings, folder: str) -> dict:
+    """``perceptrl eval``'s metrics of the run's final model on its held-out split, saved in ``folder``."""
     from perceptrl.eval.pipeline import evaluate_model
-    from perceptrl.eval.runner import EvalSettings
 
     config.model.path = str(run_dir / "final")
-    res = evaluate_model(config, EvalSettings(k=0, probe=True), output_dir=run_dir / "eval_probe")
-    return {k: v for k, v in res.metrics.items() if v is not None and ("probe" in k or k.startswith("greedy"))}
+    return evaluate_model(config, settings, output_dir=run_dir / folder).metrics
+
+
+def _probe(config, run_dir: Path) -> dict:
+    """Greedy accuracy of the final model on the original, masked and blank images."""
+    from perceptrl.eval.runner import EvalSettings
+
+    metrics = _evaluate_final(config, run_dir, EvalSettings(k=0, probe=True), "eval_probe")
+    return {k: v for k, v in metrics.items() if v is not None and ("probe" in k or k.startswith("greedy"))}
 
 
 def _sampled_score(config, run_dir: Path, k: int) -> dict:
     """avg@k and pass@k at T = 1 of the final model on the run's own held-out split (overall and per group)."""
-    from perceptrl.eval.pipeline import evaluate_model
     from perceptrl.eval.runner import EvalSettings
 
-    config.model.path = str(run_dir / "final")
-    res = evaluate_model(config, EvalSettings(k=k, probe=False, temperature=1.0), output_dir=run_dir / f"eval_k{k}")
-    return {key: v for key, v in res.metrics.items() if v is not None and key.startswith((f"avg@{k}", f"pass@{k}"))}
+    metrics = _evaluate_final(config, run_dir, EvalSettings(k=k, probe=False, temperature=1.0), f"eval_k{k}")
+    return {key: v for key, v in metrics.items() if v is not None and key.startswith((f"avg@{k}", f"pass@{k}"))}
 
 
 def _mean(values) -> float | None:
