@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from perceptrl.eval.compare_report import check_claims, fmt_diff, verdict
+from perceptrl.eval.compare_report import check_claims, fmt_diff, md_table, tuning_rows, verdict
 from perceptrl.eval.stats import paired_difference
 
 HEADER = """# The papers' claims on the built-in benchmark
@@ -92,16 +92,8 @@ def record_run_time(path: Path, started: float, finished: float, note: str | Non
 
 
 def tuning_table(tuning: dict) -> str:
-    lrs = [f"{x:g}" for x in tuning["lrs"]]
-    lines = ["| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " | chosen |", "|---|" + "---|" * (len(lrs) + 1)]
     names = list(tuning["results"]) + [n for n in tuning["chosen"] if n not in tuning["results"]]
-    for name in names:
-        row = tuning["results"].get(name, {})
-        cells = ["-" if row.get(lr) is None else f"{row[lr]:.3f}" for lr in lrs]
-        chosen = tuning["chosen"].get(name)
-        pick = "-" if chosen is None else f"{chosen['lr']:g}" + (f" (as {chosen['from']})" if chosen.get("from") else "")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pick} |")
-    return "\n".join(lines)
+    return md_table(*tuning_rows(tuning, names))
 
 
 def claims_summary(avg: dict, key: str = "avg@8") -> list[str]:

@@ -291,7 +291,7 @@ def render_table(data: dict) -> str:
     return "\n".join(out)
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -371,14 +371,11 @@ def sections(data: dict) -> list[tuple[str, str, Any]]:
                     "masked (PAPO mask) and blank images; a model that uses the image loses accuracy without it.")))
     tuning = data.get("tuning")
     if tuning:
-        lrs = [f"{x:g}" for x in tuning["lrs"]]
-        rows = [[r, *[("-" if tuning["results"].get(r, {}).get(lr) is None else
-                       f"{tuning['results'][r][lr]:.3f}") for lr in lrs],
-                 _chosen_cell(tuning, r)] for r in data["recipes"]]
+        header, rows = tuning_rows(tuning, data["recipes"])
         metric = tuning.get("metric", "accuracy")
         scored = "greedy accuracy" if metric == "accuracy" else f"{metric} at T = 1"
         where = "the tuning split (held-out items not in the test set)" if tuning.get("split") == "tune" else "the test set"
-        out.append(("table", "Learning-rate tuning", (["method", *[f"lr {lr}" for lr in lrs], "chosen"], rows,
+        out.append(("table", "Learning-rate tuning", (header, rows,
                     f"Same tuning budget for every method: each learning rate once, seed {tuning['seed']} (not a "
                     f"comparison seed), {tuning['steps'] or 'the full'} steps; {scored} on {where}; the best "
                     "is used for every seed above. An ablation takes the rate chosen for its method (\"as\").")))
@@ -388,11 +385,17 @@ def sections(data: dict) -> list[tuple[str, str, Any]]:
     return out
 
 
-def _chosen_cell(tuning: dict, recipe: str) -> str:
-    row = tuning["chosen"].get(recipe)
-    if row is None:
-        return "-"
-    return f"{row['lr']:g}" + (f" (as {row['from']})" if row.get("from") else "")
+def tuning_rows(tuning: dict, recipes: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The tuning table: each recipe's score at each learning rate and the rate chosen (an ablation's
+    rate "as" its method's)."""
+    lrs = [f"{x:g}" for x in tuning["lrs"]]
+    rows = []
+    for recipe in recipes:
+        scores = tuning["results"].get(recipe, {})
+        chosen = tuning["chosen"].get(recipe)
+        pick = "-" if chosen is None else f"{chosen['lr']:g}" + (f" (as {chosen['from']})" if chosen.get("from") else "")
+        rows.append([recipe, *("-" if scores.get(lr) is None else f"{scores[lr]:.3f}" for lr in lrs), pick])
+    return ["method", *[f"lr {lr}" for lr in lrs], "chosen"], rows
 
 
 def render_markdown(data: dict) -> str:
@@ -404,7 +407,7 @@ def render_markdown(data: dict) -> str:
             lines += [content, ""]
         elif kind == "table":
             header, rows, caption = content
-            lines += [_md_table(header, rows), "", caption, ""]
+            lines += [md_table(header, rows), "", caption, ""]
         elif kind == "image":
             lines += [f"![{title}]({content})", ""]
     return "\n".join(lines)
